@@ -1,0 +1,58 @@
+# Set-up, tests and the main jobs. `make test` and `make train` work on a fresh clone.
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+# The torch to install: a pip requirement (version, wheel path or URL).
+# The default takes the local CPU wheel; e.g. TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'.
+TORCH      ?= torch==2.13.0
+EXPERIMENT ?= vp_digits
+SAMPLER    ?= pc
+RUN        ?=
+PYTEST_ARGS ?=
+STAMP      := $(VENV)/.installed
+
+export WANDB_MODE ?= offline
+export HYDRA_FULL_ERROR ?= 0
+
+.PHONY: install test test-slow test-gpu lint train sample evaluate bench-models bench-samplers clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
+	$(PY) -c "import torch, sde; print('installed sde with torch', torch.__version__)"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -m "not slow and not gpu" -n 2 $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m "slow and not gpu" $(PYTEST_ARGS)
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check sde tests benchmarks
+
+train: install
+	$(PY) -m sde.train experiment=$(EXPERIMENT)
+
+sample: install
+	$(PY) -m sde.sample sampler=$(SAMPLER) $(if $(RUN),run=$(RUN),)
+
+evaluate: install
+	$(PY) -m sde.evaluate $(if $(RUN),run=$(RUN),)
+
+bench-models: install
+	$(PY) benchmarks/bench_models.py
+
+bench-samplers: install
+	$(PY) benchmarks/bench_samplers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
