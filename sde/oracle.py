@@ -74,7 +74,7 @@ class GaussianMixture:
 
     def _log_joint(self, x, alpha, std):
         """log w_k N(x; m_k, v_k) (B, K), the residuals (B, K, D) and variances (B, K, D)."""
-        x64 = x.detach().to(torch.float64).flatten(1)[:, None, :]  # (B, 1, D)
+        x64 = x.to(torch.float64).flatten(1)[:, None, :]  # (B, 1, D); differentiable in x
         mean, var = self._components(x, alpha, std)
         diff = x64 - mean
         log_n = -0.5 * ((diff**2 / var) + torch.log(2 * math.pi * var)).sum(-1)

@@ -1,0 +1,219 @@
+"""Sampler benchmark on exact scores: two-sample distance to exact samples against NFE.
+
+Every sampler of `sde.sampling.get_sampler` runs on the closed-form score of a Gaussian mixture
+(`sde.oracle.GaussianMixture`), a 2-D ring and a 16-D random mixture, under VP and VE. A run
+draws `chunks` x `n` samples; the distance is the (unbiased) squared energy distance ED between
+each chunk of n and its own fresh set of n exact samples, averaged over the chunks (so its noise
+shrinks like 1 / sqrt(chunks)). The "floor" is what two exact sets of n samples score: ED is
+unbiased, so exact sets average zero, and the floor is the mean |ED| over `--floor-pairs` pairs
+of exact sets. Table cells are ED / floor; the row "exact" is an exact sampler scored the same
+way (its spread shows the noise). The NFE each sampler needs to reach twice the floor is the
+smallest budget from which on every larger budget stays <= 2 floor.
+
+    python benchmarks/bench_samplers.py [--n 1000] [--chunks 5] [--plot runs/bench/samplers.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from sde import VESDE, VPSDE
+from sde.metrics.two_sample import energy_distance
+from sde.oracle import GaussianMixture
+from sde.sampling.registry import get_sampler
+
+BUDGETS = (4, 6, 8, 10, 12, 16, 24, 32, 64, 128)
+QUICK_BUDGETS = (4, 8, 12, 32)
+
+# label -> (registry name, options, steps for an NFE budget: the largest with nfe <= budget)
+FIXED = {
+    "pc (rev. diffusion)": ("pc", {"corrector": "none"}, lambda b: b),
+    "pc (rd + langevin)": ("pc", {}, lambda b: b // 2),
+    "ddim": ("ddim", {}, lambda b: b),
+    "ddim eta=1": ("ddim", {"eta": 1.0}, lambda b: b),
+    "heun": ("heun", {}, lambda b: (b + 1) // 2),
+    "dpm_solver-2": ("dpm_solver", {"order": 2}, lambda b: (b - 1) // 2 + 1),
+    "dpm_solver-3": ("dpm_solver", {"order": 3}, lambda b: (b - 1) // 3 + 1),
+    "dpm_solver_pp-2M": ("dpm_solver_pp", {"order": 2}, lambda b: b),
+    "dpm_solver_pp-3M": ("dpm_solver_pp", {"order": 3}, lambda b: b),
+}
+# label -> (registry name, [options per setting]); these choose their own steps
+TOLERANCE = {
+    "ode (dopri5)": ("ode", [{"rtol": r, "atol": r} for r in (1e-2, 1e-3, 1e-5)]),
+    "adaptive (GGF)": ("adaptive", [{"rtol": r, "atol": r / 4} for r in (0.2, 0.1, 0.05)]),
+}
+GRID_SAMPLERS, GRID_BUDGETS = ("dpm_solver_pp-2M", "dpm_solver_pp-3M", "heun"), (8, 12)
+
+
+def problems(quick: bool) -> dict:
+    """The data sets: a 2-D ring of 8 modes and a centred 16-D mixture of 6 modes."""
+    mix = GaussianMixture.random(6, (4,) if quick else (16,), spread=1.0, std=(0.1, 0.5), seed=1)
+    centred = GaussianMixture(mix.means - (mix.weights[:, None] * mix.means).sum(0), mix.stds,
+                              mix.weights)
+    return {"ring 2-D": GaussianMixture.ring(8, radius=2.0, std=0.2),
+            f"mixture {centred.event_shape[0]}-D": centred}
+
+
+class Scorer:
+    """ED / floor of a sample set of chunks x n, against fixed fresh exact chunks."""
+
+    def __init__(self, mixture, n, chunks, floor_pairs, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.n, self.chunks = n, chunks
+        self.refs = [mixture.sample(n, g) for _ in range(chunks)]
+        self.floor = sum(abs(energy_distance(mixture.sample(n, g), mixture.sample(n, g)))
+                         for _ in range(floor_pairs)) / floor_pairs
+        self.exact = self(mixture.sample(n * chunks, g))
+
+    def __call__(self, x) -> float:
+        parts = x.reshape(self.chunks, self.n, -1)
+        mean_ed = sum(energy_distance(p, r) for p, r in zip(parts, self.refs)) / self.chunks
+        return mean_ed / self.floor
+
+
+def run_sampler(name, sde, mixture, batch, seed, steps=None, options=None):
+    """Samples (batch, D) and true NFE of one sampler run."""
+    generator = torch.Generator().manual_seed(seed)
+    kwargs = dict(options or {})
+    if steps is not None:
+        kwargs["steps"] = steps
+    return get_sampler(name)(sde, mixture.score_fn(sde), (batch, *mixture.event_shape),
+                             generator=generator, **kwargs)
+
+
+def bench_block(sde, mixture, args, budgets) -> dict:
+    """All samplers on one (SDE, data) pair -> {"floor", "exact", "rows", "grids"}; rows and
+    grids hold sorted (nfe, ED / floor) pairs."""
+    scorer = Scorer(mixture, args.n, args.chunks, args.floor_pairs, args.seed)
+    batch, seed = args.n * args.chunks, args.seed + 1
+
+    def fixed(label, budget, **extra):
+        name, options, steps_for = FIXED[label]
+        options = {**options, **extra}
+        x, nfe = run_sampler(name, sde, mixture, batch, seed, steps_for(budget), options)
+        return nfe, scorer(x)
+
+    rows = {label: sorted({FIXED[label][2](b): fixed(label, b) for b in budgets
+                           if FIXED[label][2](b) >= 1}.values()) for label in FIXED}
+    for label, (name, settings) in TOLERANCE.items():
+        runs = [run_sampler(name, sde, mixture, batch, seed, None, s)
+                for s in (settings[:2] if args.quick else settings)]
+        rows[label] = sorted((nfe, scorer(x)) for x, nfe in runs)
+    grids = {f"{label}, {grid}": [fixed(label, b, grid=grid) for b in GRID_BUDGETS]
+             for label in GRID_SAMPLERS for grid in ("uniform", "logsnr", "edm", "quadratic")}
+    return {"floor": scorer.floor, "exact": scorer.exact, "rows": rows, "grids": grids}
+
+
+def nfe_to_reach(points, level=2.0):
+    """Smallest NFE from which on every run stays <= level (None if never)."""
+    best = None
+    for nfe, ratio in reversed(points):
+        if not ratio <= level:  # nan (a diverged run) fails too
+            break
+        best = nfe
+    return best
+
+
+def fmt(r: float) -> str:
+    return f"{r:.2g}" if abs(r) < 100 else f"{r:.0f}" if abs(r) < 1e4 else f"{r:.0e}"
+
+
+def print_block(title, result, budgets):
+    print(f"\n### {title}\n\nfloor (mean |ED| of two exact sets) = {result['floor']:.2e}; "
+          f"an exact sampler scores {fmt(result['exact'])}. Cells: ED / floor "
+          f"(true NFE in brackets where it is below the column's budget).\n")
+    print("| sampler | " + " | ".join(f"{b}" for b in budgets) + " | NFE to 2x floor |")
+    print("|" + "---|" * (len(budgets) + 2))
+    for label, points in result["rows"].items():
+        if label in TOLERANCE:
+            continue
+        cells = {min(b for b in budgets if b >= nfe): (nfe, r) for nfe, r in points}
+        row = [fmt(cells[b][1]) + ("" if cells[b][0] == b else f" ({cells[b][0]})")
+               if b in cells else "" for b in budgets]
+        print(f"| {label} | " + " | ".join(row) + f" | {nfe_to_reach(points) or '-'} |")
+    print("\n| sampler (tolerance sweep) | ED / floor @ NFE | NFE to 2x floor |\n|---|---|---|")
+    for label in TOLERANCE:
+        points = result["rows"][label]
+        cells = ", ".join(f"{fmt(r)} @ {nfe}" for nfe, r in points)
+        print(f"| {label} | {cells} | {nfe_to_reach(points) or '-'} |")
+    print("\n| grid comparison | " + " | ".join(f"NFE ~{b}" for b in GRID_BUDGETS)
+          + " |\n|---|" + "---|" * len(GRID_BUDGETS))
+    for label, points in result["grids"].items():
+        print(f"| {label} | " + " | ".join(f"{fmt(r)} ({nfe})" for nfe, r in points) + " |")
+
+
+def print_summary(results):
+    summary = {t: {label: nfe_to_reach(p) for label, p in r["rows"].items()}
+               for t, r in results.items()}
+    print("\n### NFE to reach twice the floor\n")
+    print("| sampler | " + " | ".join(summary) + " |")
+    print("|" + "---|" * (len(summary) + 1))
+    for label in next(iter(summary.values())):
+        print(f"| {label} | " + " | ".join(str(s[label] or "-") for s in summary.values()) + " |")
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 2
+    rows = (len(results) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
+    for ax, (title, result) in zip(axes.flat, results.items()):
+        for i, (label, points) in enumerate(result["rows"].items()):
+            ratio = [max(r, 0.1) if r == r else float("nan") for _, r in points]
+            ax.plot([nfe for nfe, _ in points], ratio, marker="o", ms=3, label=label,
+                    color=plt.cm.tab20(i / 20), ls="-" if label in FIXED else "--")
+        ax.axhline(1.0, color="k", lw=1, ls="--", label="floor")
+        ax.axhline(2.0, color="k", lw=1, ls=":", label="2 x floor")
+        ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="ED / floor (clipped at 0.1)",
+               title=title)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="samples per set")
+    parser.add_argument("--chunks", type=int, default=5, help="sets of n per sampler run")
+    parser.add_argument("--floor-pairs", type=int, default=32, help="exact pairs for the floor")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default="runs/bench/samplers.png", help="PNG to write")
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for these small batches)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    # pc on VP at N <= beta_max = 20 steps breaks the DDPM chain (NaN in the table, by design)
+    warnings.filterwarnings("ignore", message="the discrete chain needs")
+    budgets = QUICK_BUDGETS if args.quick else BUDGETS
+    start, results = time.time(), {}
+    for data_name, mixture in problems(args.quick).items():
+        for sde in (VPSDE(), VESDE()):
+            title = f"{data_name}, {type(sde).__name__}"
+            results[title] = bench_block(sde, mixture, args, budgets)
+            print_block(title, results[title], budgets)
+            print(f"({time.time() - start:.0f} s so far)", flush=True)
+    print_summary(results)
+    plot(results, args.plot)
+    print(f"\nplot: {args.plot}; n = {args.n} x {args.chunks} chunks; {time.time() - start:.0f} s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""A tiny trained run samples, evaluates and writes its files (sde.sample, sde.evaluate)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sde.evaluate import evaluate_run
+from sde.sample import resolve_run, sample_run
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+FAST_PC = {"name": "pc", "steps": 20, "grid": "uniform", "eps": 1e-3, "corrector": "none",
+           "predictor": "reverse_diffusion", "snr": 0.16, "n_steps": 1}
+
+
+def train_tiny(run_dir: Path, overrides: list[str]) -> Path:
+    """Train a few steps with the training entry's `run` into run_dir."""
+    from hydra import compose, initialize_config_dir
+
+    from sde.train import run
+
+    common = ["logger=none", "trainer.steps=2", "trainer.checkpoint_every=2",
+              "trainer.sample_every=0", "trainer.eval_every=0", "trainer.num_samples=4",
+              "trainer.progress=false", "trainer.device=cpu", "sampler.steps=5"]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose("train", overrides=common + overrides)
+    run(cfg, run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "vp_toy" / "t0", [
+        "experiment=vp_toy", "model.hidden=32", "model.num_layers=1", "model.emb_dim=16",
+        "trainer.batch_size=32", "data.n=2000"])
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "vp_digits" / "t0", [
+        "data=digits", "model=ddpm", "model.image_size=8", "model.in_channels=1", "model.nf=8",
+        "model.ch_mult=[1]", "model.num_res_blocks=1", "model.attn_resolutions=[]",
+        "model.num_groups=4", "trainer.batch_size=8", "experiment=vp_toy", "~model.hidden"])
+
+
+def test_sample_writes_npz_png_and_jsonl(toy_run, tmp_path, capsys):
+    rec = sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=1, batch_size=4,
+                     out=tmp_path / "s.npz", progress=False)
+    files = np.load(tmp_path / "s.npz")
+    assert files["samples"].shape == (6, 2) and np.isfinite(files["samples"]).all()
+    assert files["seeds"].tolist() == list(range(1_000_000, 1_000_006))
+    assert (tmp_path / "s.png").stat().st_size > 100
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["nfe"] == rec["nfe"] == 20 and line["img_per_s"] > 0 and line["sampler"] == "pc"
+    logged = (toy_run / "samples.jsonl").read_text().strip().splitlines()
+    assert json.loads(logged[-1])["npz"] == str(tmp_path / "s.npz")
+
+
+def test_samples_identical_across_batch_sizes(toy_run, tmp_path):
+    for b in (6, 4, 1):
+        sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=2, batch_size=b,
+                   out=tmp_path / f"b{b}.npz", progress=False)
+    a, b, c = (np.load(tmp_path / f"b{k}.npz")["samples"] for k in (6, 4, 1))
+    # the same noise per sample; only float32 GEMM rounding may differ with the batch size
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
+    other = sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=3, batch_size=6,
+                       out=tmp_path / "s3.npz", progress=False)
+    assert np.abs(np.load(other["npz"])["samples"] - a).max() > 1e-2
+
+
+def test_sample_image_run_defaults_to_the_newest_run(digits_run, tmp_path):
+    rec = sample_run(run=None, runs_root=digits_run.parent.parent, sampler=FAST_PC, n=4,
+                     seed=0, batch_size=4, progress=False)
+    assert Path(rec["run"]) == digits_run
+    samples = np.load(rec["npz"])["samples"]
+    assert samples.shape == (4, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 1
+    assert Path(rec["png"]).is_file()
+
+
+def test_evaluate_toy_writes_metrics_and_figures(toy_run):
+    ev = {"batch_size": 64, "likelihood_n": 8, "repeats": 1, "hutchinson": "auto", "rtol": 1e-3,
+          "atol": 1e-3, "likelihood_eps": 1e-3, "n": 32, "resolution": 6, "trajectories": 3}
+    values = evaluate_run(run=str(toy_run), metrics=None, sampler=FAST_PC, ev=ev,
+                          logger={"name": "none"}, progress=False)
+    assert np.isfinite(values["nll"]) and values["nll_n"] == 8
+    assert {"energy_distance", "mmd_rbf"} <= values.keys()
+    saved = json.loads((toy_run / "metrics.json").read_text())
+    assert saved["eval"]["nll"] == values["nll"] and "train" in saved
+    assert saved["eval_history"][-1]["checkpoint_step"] == 2
+    for name in ("samples", "density", "trajectories"):
+        assert (toy_run / "eval" / f"{name}.png").stat().st_size > 100
+
+
+def test_evaluate_digits_bpd_and_fid_without_weights(digits_run):
+    ev = {"batch_size": 8, "likelihood_n": 4, "repeats": 1, "hutchinson": "rademacher",
+          "rtol": 1e-3, "atol": 1e-3, "likelihood_eps": 1e-3, "inception_weights": None}
+    values = evaluate_run(run=str(digits_run), metrics=None, sampler=FAST_PC, ev=ev,
+                          progress=False)
+    assert values["bpd_n"] == 4 and 0 < values["bpd"] < 100
+    assert json.loads((digits_run / "metrics.json").read_text())["eval"]["bpd"] == values["bpd"]
+    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
+        evaluate_run(run=str(digits_run), metrics=["fid"], sampler=FAST_PC, ev=ev)
+
+
+def test_bad_run_path_message(tmp_path):
+    with pytest.raises(ValueError, match="no such run directory"):
+        resolve_run(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="no checkpoints"):
+        resolve_run(str(tmp_path))
+    with pytest.raises(ValueError, match="no trained run"):
+        resolve_run(None, tmp_path)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "sde.sample", f"run={tmp_path / 'nope'}"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "error: run=" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_entry_points(toy_run, tmp_path):
+    """`python -m sde.sample` and `python -m sde.evaluate` with Hydra overrides, end to end."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "cli.npz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sde.sample", f"run={toy_run}", "sampler=ddim", "sampler.steps=5",
+         "n=5", "batch_size=5", f"out={out}", "progress=false"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["nfe"] == 5
+    assert np.load(out)["samples"].shape == (5, 2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sde.evaluate", f"run={toy_run}", "metrics=[nll]", "logger=none",
+         "eval.likelihood_n=4", "eval.rtol=1e-3", "eval.atol=1e-3", "progress=false"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "nll" in json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.npz", "cli.png"]  # no Hydra dirs
+
+
+@pytest.mark.slow
+def test_evaluate_fid_kid_is_end_to_end(digits_run, tmp_path):
+    """FID/KID/IS with random Inception weights against a small image folder; the reference
+    statistics are cached next to the data and reused; W&B logs offline."""
+    from PIL import Image
+
+    from sde.metrics.inception import WEIGHTS_FILE, FIDInceptionV3
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), tmp_path / WEIGHTS_FILE)
+    data = {"name": "folder", "root": str(folder), "size": 8, "channels": 1, "shape": [1, 8, 8],
+            "levels": 256}
+    ev = {"batch_size": 6, "n": 4, "inception_weights": str(tmp_path / WEIGHTS_FILE),
+          "reference_stats": None, "kid_subsets": 3, "kid_subset_size": 4, "is_splits": 2}
+    kwargs = dict(run=str(digits_run), metrics=["fid", "kid", "is"], sampler=FAST_PC, ev=ev,
+                  data=data, progress=False)
+    values = evaluate_run(**kwargs, logger={"name": "wandb", "mode": "offline"})
+    assert values["fid"] >= 0 and np.isfinite(values["kid"]) and values["is"] >= 1 - 1e-9
+    cache = folder / "fid_stats_folder_8x8_train.npz"
+    assert Path(values["reference_stats"]) == cache and cache.is_file()
+    mtime = cache.stat().st_mtime_ns
+    again = evaluate_run(**kwargs, logger={"name": "none"})
+    assert cache.stat().st_mtime_ns == mtime and again["fid"] == pytest.approx(values["fid"])
+    assert (digits_run / "wandb").is_dir()

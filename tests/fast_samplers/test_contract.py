@@ -1,0 +1,162 @@
+"""One contract for every sampler of the registry: shape, dtype, finiteness, true NFE, seeded
+determinism; bad names and options raise ValueError."""
+
+import pytest
+import torch
+
+from sde import VESDE, VPSDE, SubVPSDE
+from sde.oracle import GaussianMixture
+from sde.sampling.registry import SAMPLERS, get_sampler
+from sde.utils import PerSampleGenerator
+
+SHAPE = (3, 2, 4, 4)  # image-like: nothing may assume 2-D data
+MIXTURE = GaussianMixture(torch.randn(2, *SHAPE[1:], generator=torch.Generator().manual_seed(0)),
+                          [0.3, 0.5])
+SDES = [VPSDE(), SubVPSDE(), VESDE()]
+CASES = {  # id -> (name, options, expected nfe or None)
+    "pc": ("pc", {"steps": 30, "corrector": "none"}, 30),
+    "pc-langevin": ("pc", {"steps": 25}, 50),
+    "ode": ("ode", {"rtol": 1e-3, "atol": 1e-3}, None),
+    "ddim": ("ddim", {"steps": 5}, 5),
+    "ddim-eta1": ("ddim", {"steps": 5, "eta": 1.0}, 5),
+    "heun": ("heun", {"steps": 4}, 7),
+    "heun-churn": ("heun", {"steps": 4, "S_churn": 20.0, "S_tmin": 0.05, "S_tmax": 50.0}, 7),
+    "dpm_solver-2": ("dpm_solver", {"steps": 4}, 7),
+    "dpm_solver-3": ("dpm_solver", {"steps": 4, "order": 3, "grid": "edm"}, 10),
+    "dpm_solver_pp-2M": ("dpm_solver_pp", {"steps": 5, "grid": "quadratic"}, 5),
+    "dpm_solver_pp-3M": ("dpm_solver_pp", {"steps": 5, "order": 3}, 5),
+    "adaptive": ("adaptive", {"rtol": 0.2, "atol": 0.05}, None),
+}
+STOCHASTIC = {"pc", "pc-langevin", "ddim-eta1", "heun-churn", "adaptive"}
+
+
+class Counter:
+    def __init__(self, score_fn):
+        self.score_fn, self.calls = score_fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        assert t.shape == (x.shape[0],) and t.dtype == x.dtype
+        return self.score_fn(x, t)
+
+
+def draw(case, sde, seed=0, dtype=torch.float32, generator=None, batch=SHAPE[0]):
+    name, options, _ = CASES[case]
+    counter = Counter(MIXTURE.score_fn(sde))
+    generator = generator or torch.Generator().manual_seed(seed)
+    x, nfe = get_sampler(name)(sde, counter, (batch, *SHAPE[1:]), generator=generator,
+                               dtype=dtype, **options)
+    return x, nfe, counter.calls
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_contract(case, sde, dtype):
+    x, nfe, calls = draw(case, sde, dtype=dtype)
+    assert x.shape == SHAPE and x.dtype == dtype
+    assert torch.isfinite(x).all()
+    assert nfe == calls
+    expected = CASES[case][2]
+    assert expected is None or nfe == expected
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_seeded_determinism(case):
+    sde = VESDE()
+    a, b, c = draw(case, sde, seed=1)[0], draw(case, sde, seed=1)[0], draw(case, sde, seed=2)[0]
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"pc", "pc-langevin", "ode"}))
+def test_sample_does_not_depend_on_batch(case):
+    """With one generator per example (EDM's StackedRandomGenerator), example i is the same in a
+    batch of 3 and of 2 (the adaptive solver keeps one step size per example)."""
+    sde = VPSDE()
+    big = draw(case, sde, generator=PerSampleGenerator([5, 6, 7]), batch=3)[0]
+    small = draw(case, sde, generator=PerSampleGenerator([5, 6]), batch=2)[0]
+    assert torch.allclose(big[:2], small, atol=1e-5)
+
+
+def test_churn_changes_heun_but_not_its_nfe():
+    sde = VPSDE()
+    plain, churned = draw("heun", sde), draw("heun-churn", sde)
+    assert plain[1] == churned[1] == 7
+    assert not torch.allclose(plain[0], churned[0])
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"pc", "pc-langevin", "ode"}))
+def test_final_step_leaves_no_noise(case):
+    """Data at a point: every sample must land on it, not within sigma(eps) = 0.01 of it."""
+    sde, mu = VPSDE(), 0.3
+    point = GaussianMixture(torch.full((1, 4), mu), 1e-4)
+    name, options, _ = CASES[case]
+    x, _ = get_sampler(name)(sde, point.score_fn(sde), (64, 4), dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(0), **options)
+    assert (x - mu).abs().max() < 1e-3
+
+
+def test_registry_knows_every_sampler():
+    assert set(SAMPLERS) == {"pc", "ode", "ddim", "heun", "dpm_solver", "dpm_solver_pp",
+                             "adaptive"}
+    for name in SAMPLERS:
+        assert callable(get_sampler(name))
+
+
+def test_unknown_sampler_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known samplers: pc, ode, ddim"):
+        get_sampler("euler")
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("ddim", {"steps": 4, "eta": 1.5}, "eta"),
+    ("ddim", {"steps": 0}, "steps"),
+    ("ddim", {"steps": 4, "eps": 0.0}, "eps"),
+    ("ddim", {"steps": 4, "grid": "cosine"}, "known grids"),
+    ("heun", {"steps": 4, "S_churn": -1.0}, "S_churn"),
+    ("heun", {"steps": 4, "S_tmin": 2.0, "S_tmax": 1.0}, "S_tmax"),
+    ("dpm_solver", {"steps": 4, "order": 1}, "order"),
+    ("dpm_solver_pp", {"steps": 4, "order": 4}, "order"),
+    ("adaptive", {"grid": "edm"}, "grid=None"),
+    ("adaptive", {"rtol": 0.0}, "rtol"),
+    ("adaptive", {"steps": 0}, "steps"),
+    ("pc", {"steps": 10, "grid": "edm"}, "uniform"),
+    ("pc", {"steps": 0}, "steps"),
+    ("ode", {"steps": 10}, "fixed-grid"),
+    ("ode", {"grid": "edm"}, "grid=None"),
+])
+def test_bad_options_raise(name, options, match):
+    with pytest.raises(ValueError, match=match):
+        get_sampler(name)(VPSDE(), MIXTURE.score_fn(VPSDE()), SHAPE, **options)
+
+
+def test_adaptive_gives_up_after_max_iters():
+    with pytest.raises(RuntimeError, match="max_iters"):
+        get_sampler("adaptive")(VPSDE(), MIXTURE.score_fn(VPSDE()), SHAPE, rtol=1e-6, atol=1e-6,
+                                max_iters=3)
+
+
+def test_pc_steps_set_the_discretisation():
+    """`steps` rebuilds the SDE with N = steps: the DDPM chain of N = 1000 at steps=1000."""
+    from sde.sampling.registry import with_steps
+
+    sde = with_steps(VPSDE(beta_min=0.2, N=10), 1000)
+    assert sde.N == 1000 and sde.beta_min == 0.2
+    assert torch.allclose(sde.discrete_betas, VPSDE(beta_min=0.2).discrete_betas)
+
+
+def test_ode_fixed_grid_method_takes_steps():
+    x, nfe = get_sampler("ode")(VESDE(), MIXTURE.score_fn(VESDE()), SHAPE, steps=6,
+                                method="rk4", generator=torch.Generator().manual_seed(0))
+    assert nfe == 24 and torch.isfinite(x).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"pc", "pc-langevin", "ode"}))
+def test_runs_on_cuda_with_a_cuda_generator(case):
+    sde, device = VPSDE(), torch.device("cuda")
+    name, options, _ = CASES[case]
+    x, _ = get_sampler(name)(sde, MIXTURE.score_fn(sde), SHAPE, device=device,
+                             generator=torch.Generator(device).manual_seed(0), **options)
+    assert x.device.type == "cuda" and x.shape == SHAPE and torch.isfinite(x).all()

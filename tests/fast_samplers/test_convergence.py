@@ -1,0 +1,83 @@
+"""Convergence order on Gaussian data, where the probability-flow ODE is solved in closed form.
+
+For p_0 = N(mu, s^2 I) the ODE maps x_T to x_t = alpha_t mu + r_t / r_T (x_T - alpha_T mu) with
+r_t = sqrt(alpha_t^2 s^2 + std_t^2). Every grid sampler ends with the denoiser at eps, which is
+linear here: x_0 = mu + alpha s^2 / r^2 (x_eps - alpha mu). So the exact output is known and a
+solver of order p cuts its error by 2^p when the number of steps doubles.
+"""
+
+import pytest
+import torch
+
+from sde import VESDE, VPSDE, SubVPSDE
+from sde.oracle import GaussianMixture
+from sde.sampling.fast import ddim_sample, dpm_solver_pp_sample, dpm_solver_sample, heun_sample
+
+MU, S, EPS, SHAPE = 0.5, 0.7, 1e-3, (16, 3)
+SDES = [VPSDE(), SubVPSDE(), VESDE()]
+
+
+def coeffs(sde, t):
+    alpha, std = sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))
+    return alpha.item(), std.item()
+
+
+def exact_output(sde, x_T):
+    (a_T, s_T), (a, s) = coeffs(sde, sde.T), coeffs(sde, EPS)
+    r_T, r = (a_T**2 * S**2 + s_T**2) ** 0.5, (a**2 * S**2 + s**2) ** 0.5
+    x_eps = a * MU + r / r_T * (x_T - a_T * MU)
+    return MU + a * S**2 / r**2 * (x_eps - a * MU)
+
+
+def error(sampler, sde, intervals, **options):
+    score_fn = GaussianMixture(torch.full((1, SHAPE[1]), MU), S).score_fn(sde)
+    x, _ = sampler(sde, score_fn, SHAPE, steps=intervals + 1, eps=EPS, dtype=torch.float64,
+                   generator=torch.Generator().manual_seed(0), **options)
+    x_T = sde.prior_sampling(SHAPE, torch.Generator().manual_seed(0), dtype=torch.float64)
+    return (x - exact_output(sde, x_T)).abs().max().item()
+
+
+CASES = [  # sampler, options, intervals, expected error ratio when they double, tolerance
+    (ddim_sample, {"grid": "logsnr"}, 16, 2.0, 0.25),
+    (heun_sample, {}, 16, 4.0, 0.6),
+    (dpm_solver_sample, {"order": 2}, 16, 4.0, 0.6),
+    (dpm_solver_pp_sample, {"order": 2}, 32, 4.0, 0.6),
+]
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("sampler, options, intervals, ratio, tol", CASES,
+                         ids=["ddim", "heun", "dpm_solver-2", "dpm_solver_pp-2M"])
+def test_halving_the_step_cuts_the_error_by_2_to_the_order(sde, sampler, options, intervals,
+                                                          ratio, tol):
+    coarse, fine = error(sampler, sde, intervals, **options), error(sampler, sde, 2 * intervals,
+                                                                    **options)
+    assert coarse / fine == pytest.approx(ratio, abs=tol * ratio)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+def test_dpm_solver_3_is_third_order(sde):
+    coarse, fine = (error(dpm_solver_sample, sde, m, order=3) for m in (16, 32))
+    assert 6.0 < coarse / fine < 12.0
+    assert fine < 1e-3
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+def test_dpm_solver_pp_3m_beats_2m(sde):
+    assert error(dpm_solver_pp_sample, sde, 32, order=3) < error(dpm_solver_pp_sample, sde, 32)
+
+
+def test_ode_samplers_agree_on_a_mixture():
+    """Nonlinear scores: every deterministic solver converges to the same flow map of x_T."""
+    sde, mixture = VPSDE(), GaussianMixture.ring(4, radius=1.5, std=0.3)
+    kwargs = dict(shape=(32, 2), eps=EPS, dtype=torch.float64)
+    run = lambda f, steps, **o: f(sde, mixture.score_fn(sde), generator=torch.Generator()
+                                  .manual_seed(3), steps=steps, **kwargs, **o)[0]
+    reference = run(dpm_solver_sample, 200, order=3)
+    for f, steps, options, tol in [
+        (heun_sample, 200, {}, 1e-3), (dpm_solver_sample, 200, {"order": 2}, 1e-3),
+        (dpm_solver_pp_sample, 300, {"order": 3}, 3e-4),
+        (ddim_sample, 2000, {"grid": "logsnr"}, 5e-3),
+    ]:
+        assert (run(f, steps, **options) - reference).abs().max() < tol, f.__name__
+    assert (run(ddim_sample, 10) - reference).abs().max() > 1e-2  # the check can fail
