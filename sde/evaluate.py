@@ -79,8 +79,9 @@ def check_metrics(metrics, data_cfg: dict) -> list[str]:
 
 # --- data --------------------------------------------------------------------------------------
 def load_split(data_cfg: dict, *, train: bool, n: int | None = None) -> torch.Tensor:
-    """Raw examples of a split: CIFAR-10's test batch for train=False; for toy sets a held-out
-    draw (seed + 1). Sets without a split (digits, folder, npz) return all their data."""
+    """Raw examples of a split: CIFAR-10's test batch or the 297 held-out digits for train=False;
+    for toy sets a held-out draw (seed + 1). Sets without a split (folder, npz) return all their
+    data."""
     from sde.data import load_source, toy
 
     accepted = inspect.signature(load_source).parameters
@@ -226,12 +227,14 @@ def record_metrics(run_dir: Path, values: dict, details: dict) -> dict:
 
 
 def log_to_wandb(values: dict, *, logger: dict, run_dir: Path, step, config: dict) -> None:
+    """Log the numeric values under eval/ with the `logger` config section (backend wandb or
+    none), as a W&B run named eval/<run dir name> in the group "eval"."""
     from sde.training.logging import make_logger
 
     options = dict(logger)
-    options.setdefault("name", "none")
-    if options["name"] == "wandb":
-        options.setdefault("project", "sde")
+    options.setdefault("backend", "none")
+    if options["backend"] == "wandb":
+        options["name"] = options.pop("run_name", None) or f"eval/{run_dir.name}"
         options["group"] = options.get("group") or "eval"
     lg = make_logger(**options, run_dir=run_dir, config=config)
     numeric = {f"eval/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
@@ -295,7 +298,7 @@ def evaluate_run(*, run, metrics, sampler: dict, ev: dict, data=None, logger=Non
                "seconds": round(time.perf_counter() - start, 2),
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     record_metrics(run_dir, values, details)
-    log_to_wandb(values, logger=logger or {"name": "none"}, run_dir=run_dir, step=step,
+    log_to_wandb(values, logger=logger or {"backend": "none"}, run_dir=run_dir, step=step,
                  config={"eval": ev, "sampler": sampler, "metrics": metrics})
     print(json.dumps({"run": str(path), **values, **details}), flush=True)
     return values

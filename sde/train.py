@@ -74,6 +74,8 @@ def run(cfg: DictConfig, run_dir) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
         attach_file_log(run_dir)
+    else:  # only rank 0 logs
+        log.setLevel(logging.WARNING)
     logger_options = OmegaConf.to_container(cfg.logger, resolve=True)
     if logger_options.get("backend") == "wandb" and info.is_main:
         names = _wandb_names(run_dir, cfg.experiment)

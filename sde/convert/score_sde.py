@@ -73,12 +73,12 @@ def score_fn_options(config: Mapping) -> dict:
                              "supported")
         if continuous or sde_name == "subvpsde":  # std rounded as score_sde does: exact match
             return {"prediction": "eps", "time_input": "t", "std": "score_sde"}
-        return {"prediction": "eps", "time_input": "step"}
+        return {"prediction": "eps", "time_input": "step", "std": "exact"}
     if sde_name == "vesde":
         if continuous:
-            return {"prediction": "score", "time_input": "sigma"}
+            return {"prediction": "score", "time_input": "sigma", "std": "exact"}
         return {"prediction": "scaled_score" if scale_by_sigma else "score",
-                "time_input": "smld_step"}
+                "time_input": "smld_step", "std": "exact"}
     raise ValueError(f"unknown score_sde sde {training['sde']!r}; expected vpsde, subvpsde, vesde")
 
 

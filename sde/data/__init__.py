@@ -32,7 +32,7 @@ def load_source(name: str, *, root=None, path=None, key=None, size=None, channel
                 seed=0, train=True) -> torch.Tensor:
     """The raw dataset `name` as one tensor (see the module docstring)."""
     if name == "digits":
-        return sources.digits()
+        return sources.digits(train=train)
     if name == "cifar10":
         if root is None:
             raise ValueError("data=cifar10 needs data.root=FOLDER (holding cifar-10-batches-py)")

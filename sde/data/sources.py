@@ -17,8 +17,13 @@ CIFAR10_TEST = ["test_batch"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def digits() -> torch.Tensor:
-    """scikit-learn's bundled 8x8 digits (1797 images, values 0..16), uint8 (N, 1, 8, 8).
+DIGITS_TEST = 297  # held-out digits (1500 train / 297 test, a fixed random split)
+
+
+def digits(*, train: bool | None = True) -> torch.Tensor:
+    """scikit-learn's bundled 8x8 digits (values 0..16), uint8 (N, 1, 8, 8): the 1500 training
+    images, the 297 held-out test images (`train=False`), or all 1797 (`train=None`); the split
+    is a fixed permutation (seed 0).
 
     Read straight from sklearn's `datasets/data/digits.csv.gz` (what `load_digits` reads),
     which spares the slow `import sklearn`."""
@@ -32,8 +37,11 @@ def digits() -> torch.Tensor:
         from sklearn.datasets import load_digits
 
         table = load_digits().data
-    images = table[:, :64].astype(np.uint8).reshape(-1, 8, 8)  # (N, 8, 8) in 0..16
-    return torch.from_numpy(images).unsqueeze(1)
+    images = torch.from_numpy(table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8))  # 0..16
+    if train is None:
+        return images
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    return images[order[DIGITS_TEST:] if train else order[:DIGITS_TEST]]
 
 
 def _cifar_batches_from_dir(folder: Path, names) -> list[dict]:

@@ -29,7 +29,8 @@ def missing_weights_message(path: str | Path | None) -> str:
         f"FID/KID/IS need the Inception weights ({where}). Download {WEIGHTS_FILE} once from "
         f"{WEIGHTS_URL} (the file pytorch-fid and torch-fidelity use; sha256 prefix 6726825d), "
         f"put it anywhere, e.g. ~/.cache/sde/{WEIGHTS_FILE}, and pass "
-        f"eval.inception_weights=/path/to/{WEIGHTS_FILE}. Nothing is downloaded automatically."
+        f"eval.inception_weights=/path/to/{WEIGHTS_FILE} (or set SDE_INCEPTION_WEIGHTS). "
+        "Nothing is downloaded automatically."
     )
 
 

@@ -41,12 +41,19 @@ class Corrector:
 
 class LangevinCorrector(Corrector):
     """Langevin MCMC with the signal-to-noise step rule (Algorithms 4-5 of Song et al. 2021):
-    h = 2 alpha_i (snr |z| / |score|)^2, the norms averaged over the batch as in score_sde (so a
-    sample depends on its batch companions)."""
+    h = 2 alpha_i (snr |z| / |score|)^2. The norms are averaged over the batch as in score_sde (so
+    a sample depends on its batch companions), or taken per example with `per_example=True` (a
+    sample then depends only on its own noise, whatever the batch size)."""
+
+    def __init__(self, sde, score_fn, snr: float, n_steps: int, *, per_example: bool = False):
+        super().__init__(sde, score_fn, snr, n_steps)
+        self.per_example = bool(per_example)
 
     def step_size(self, x, t, grad, noise):
-        grad_norm = grad.flatten(1).norm(dim=-1).mean()
-        noise_norm = noise.flatten(1).norm(dim=-1).mean()
+        grad_norm = grad.flatten(1).norm(dim=-1)  # (B,)
+        noise_norm = noise.flatten(1).norm(dim=-1)
+        if not self.per_example:
+            grad_norm, noise_norm = grad_norm.mean(), noise_norm.mean()
         h = 2 * (self.snr * noise_norm / grad_norm) ** 2 * self.sde.langevin_scale(t)
         return h.to(x.dtype)
 
@@ -64,7 +71,7 @@ class AnnealedLangevinDynamics(Corrector):
 class NoneCorrector(Corrector):
     """The identity: predictor-only sampling (snr and n_steps are ignored)."""
 
-    def __init__(self, sde, score_fn, snr: float = 0.0, n_steps: int = 0):
+    def __init__(self, sde, score_fn, snr: float = 0.0, n_steps: int = 0, **unused):
         self.sde, self.score_fn, self.snr, self.n_steps = sde, score_fn, snr, n_steps
 
     def update_fn(self, x, t, generator=None):

@@ -164,9 +164,14 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     if latest is not None:
         saved = ckpt_lib.load_checkpoint(latest, map_location="cpu")
         _check_resume(saved["config"], config, latest)
-        model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            model.load_state_dict(saved["model"])
+            ema.load_state_dict(saved["ema"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ckpt_lib.CheckpointError(
+                f"{latest} does not fit this network/optimizer ({str(e).splitlines()[0]}); "
+                "use a new hydra.run.dir") from None
         ckpt_lib.set_rng_state(saved["rng"])
         start = int(saved["step"])
         log.info("resumed from %s at step %d", latest, start)

@@ -15,7 +15,7 @@ from sde.sample import resolve_run, sample_run
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 FAST_PC = {"name": "pc", "steps": 20, "grid": "uniform", "eps": 1e-3, "corrector": "none",
-           "predictor": "reverse_diffusion", "snr": 0.16, "n_steps": 1}
+           "predictor": "euler_maruyama", "snr": 0.16, "n_steps": 1}  # continuous-time: any steps
 
 
 def train_tiny(run_dir: Path, overrides: list[str]) -> Path:
@@ -26,7 +26,8 @@ def train_tiny(run_dir: Path, overrides: list[str]) -> Path:
 
     common = ["logger=none", "trainer.steps=2", "trainer.checkpoint_every=2",
               "trainer.sample_every=0", "trainer.eval_every=0", "trainer.num_samples=4",
-              "trainer.progress=false", "trainer.device=cpu", "sampler.steps=5"]
+              "trainer.progress=false", "trainer.device=cpu", "sampler.steps=5",
+              "sampler.predictor=euler_maruyama", "sampler.corrector=none"]
     with initialize_config_dir(config_dir=CONF, version_base=None):
         cfg = compose("train", overrides=common + overrides)
     run(cfg, run_dir)
@@ -87,7 +88,7 @@ def test_evaluate_toy_writes_metrics_and_figures(toy_run):
     ev = {"batch_size": 64, "likelihood_n": 8, "repeats": 1, "hutchinson": "auto", "rtol": 1e-3,
           "atol": 1e-3, "likelihood_eps": 1e-3, "n": 32, "resolution": 6, "trajectories": 3}
     values = evaluate_run(run=str(toy_run), metrics=None, sampler=FAST_PC, ev=ev,
-                          logger={"name": "none"}, progress=False)
+                          logger={"backend": "none"}, progress=False)
     assert np.isfinite(values["nll"]) and values["nll_n"] == 8
     assert {"energy_distance", "mmd_rbf"} <= values.keys()
     saved = json.loads((toy_run / "metrics.json").read_text())
@@ -163,11 +164,11 @@ def test_evaluate_fid_kid_is_end_to_end(digits_run, tmp_path):
           "reference_stats": None, "kid_subsets": 3, "kid_subset_size": 4, "is_splits": 2}
     kwargs = dict(run=str(digits_run), metrics=["fid", "kid", "is"], sampler=FAST_PC, ev=ev,
                   data=data, progress=False)
-    values = evaluate_run(**kwargs, logger={"name": "wandb", "mode": "offline"})
+    values = evaluate_run(**kwargs, logger={"backend": "wandb", "mode": "offline"})
     assert values["fid"] >= 0 and np.isfinite(values["kid"]) and values["is"] >= 1 - 1e-9
     cache = folder / "fid_stats_folder_8x8_train.npz"
     assert Path(values["reference_stats"]) == cache and cache.is_file()
     mtime = cache.stat().st_mtime_ns
-    again = evaluate_run(**kwargs, logger={"name": "none"})
+    again = evaluate_run(**kwargs, logger={"backend": "none"})
     assert cache.stat().st_mtime_ns == mtime and again["fid"] == pytest.approx(values["fid"])
     assert (digits_run / "wandb").is_dir()

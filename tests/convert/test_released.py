@@ -27,7 +27,7 @@ _COMPARED = {"data": ("name", "shape", "levels", "centered", "random_flip", "deq
 
 # converted continuous VP / sub-VP runs compute std(t) with score_sde's float32 rounding
 # (score.std=score_sde) to reproduce its scores exactly; trained runs use the exact std
-_EXPECTED = {"score.std": (None, "score_sde")}
+_EXPECTED = {"score.std": ("exact", "score_sde")}
 
 
 def _differences(composed: dict, merged: dict) -> dict:
@@ -150,6 +150,6 @@ def test_command_line_overrides_win():
     assert run["sde"]["sigma_max"] == 50.0 and run["score"]["time_input"] == "sigma"
     with pytest.raises(ValueError, match=r"no key 'sampler\.snrr'"):
         run_config(config, base, ["sampler.snrr=0.1"])
-    assert run_config(config, base, ["+score.std=exact"])["score"]["std"] == "exact"
+    assert run_config(config, base, ["score.std=exact"])["score"]["std"] == "exact"
     with pytest.raises(ValueError, match="would not fit the converted weights"):
         run_config(config, base, ["model.nf=64"])

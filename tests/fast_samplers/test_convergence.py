@@ -39,9 +39,9 @@ def error(sampler, sde, intervals, **options):
 
 CASES = [  # sampler, options, intervals, expected error ratio when they double, tolerance
     (ddim_sample, {"grid": "logsnr"}, 16, 2.0, 0.25),
-    (heun_sample, {}, 16, 4.0, 0.6),
-    (dpm_solver_sample, {"order": 2}, 16, 4.0, 0.6),
-    (dpm_solver_pp_sample, {"order": 2}, 32, 4.0, 0.6),
+    (heun_sample, {}, 16, 4.0, 0.25),
+    (dpm_solver_sample, {"order": 2}, 16, 4.0, 0.25),
+    (dpm_solver_pp_sample, {"order": 2}, 32, 4.0, 0.25),
 ]
 
 

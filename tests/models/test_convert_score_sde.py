@@ -123,10 +123,12 @@ def test_score_fn_options_follow_score_sde():
          {"prediction": "eps", "time_input": "t", "std": "score_sde"}),
         (_released("subvpsde", True),
          {"prediction": "eps", "time_input": "t", "std": "score_sde"}),
-        (_released("vpsde", False, "ddpm"), {"prediction": "eps", "time_input": "step"}),
-        (_released("vesde", True, **NCSNPP_VE), {"prediction": "score", "time_input": "sigma"}),
+        (_released("vpsde", False, "ddpm"),
+         {"prediction": "eps", "time_input": "step", "std": "exact"}),
+        (_released("vesde", True, **NCSNPP_VE),
+         {"prediction": "score", "time_input": "sigma", "std": "exact"}),
         (_released("vesde", False, **NCSNPP_VE),
-         {"prediction": "scaled_score", "time_input": "smld_step"}),
+         {"prediction": "scaled_score", "time_input": "smld_step", "std": "exact"}),
     ]
     for config, expected in cases:
         assert score_fn_options(config) == expected

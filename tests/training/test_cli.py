@@ -21,7 +21,6 @@ def train(*overrides, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
 def test_missing_cifar_and_bad_override_end_with_one_clear_message(tmp_path):
     proc = train("experiment=vp_cifar", f"data.root={tmp_path}", "logger=none",
                  f"hydra.run.dir={tmp_path / 'run'}")
@@ -32,7 +31,6 @@ def test_missing_cifar_and_bad_override_end_with_one_clear_message(tmp_path):
     assert proc.returncode != 0 and "trainer.stepz" in proc.stderr
 
 
-@pytest.mark.slow
 def test_sweep_and_wandb_offline(tmp_path):
     proc = train("-m", *[o for o in TOY if o != "logger=none"], "logger=wandb",
                  "optim.lr=1e-3,3e-4", f"hydra.sweep.dir={tmp_path}")
@@ -49,4 +47,4 @@ def test_default_command_trains_digits(tmp_path):
     proc = train("logger=none", f"hydra.run.dir={tmp_path}", timeout=3600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     print(f"default run: {time.perf_counter() - start:.0f} s")
-    assert (tmp_path / "samples" / "step_00002000.png").exists()
+    assert (tmp_path / "samples" / "step_00001500.png").exists()

@@ -26,11 +26,21 @@ def test_checkerboard_occupies_alternate_squares():
 
 def test_digits_scaled_to_minus_one_one():
     raw = sources.digits()
-    assert raw.shape == (1797, 1, 8, 8) and raw.dtype == torch.uint8 and raw.max() == 16
+    assert raw.shape == (1500, 1, 8, 8) and raw.dtype == torch.uint8 and raw.max() == 16
     data = Dataset("digits", [1, 8, 8], levels=17, centered=True)
     x = data.transform(raw[:50])
     torch.testing.assert_close(x, raw[:50].float() / 8 - 1)
     torch.testing.assert_close(data.inverse_scaler(x), raw[:50].float() / 16)
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    train, test, every = sources.digits(), sources.digits(train=False), sources.digits(train=None)
+    assert every.shape == (1797, 1, 8, 8) and test.shape == (297, 1, 8, 8)
+    torch.testing.assert_close(train, sources.digits())  # the same split every time
+    rows = {tuple(x.flatten().tolist()) for x in every}
+    assert {tuple(x.flatten().tolist()) for x in torch.cat([train, test])} == rows
+    assert sorted(map(tuple, torch.cat([train, test]).flatten(1).tolist())) == sorted(
+        map(tuple, every.flatten(1).tolist()))
 
 
 def test_dequantize_and_flip_stay_in_range_and_are_seeded():

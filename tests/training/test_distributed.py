@@ -43,7 +43,6 @@ def _worker(rank, world, port, run_dir, out_dir):
     torch.save({"state": captured["model"].state_dict(), "last": last}, f"{out_dir}/rank{rank}.pt")
 
 
-@pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2,
              join=True)
