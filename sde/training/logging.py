@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 
 log = logging.getLogger("sde.train")
@@ -38,9 +39,21 @@ class WandbLogger(NullLogger):
         mode = mode or os.environ.get("WANDB_MODE") or (
             "online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.wandb = wandb
+        resume_id = resume_id or self._run_id(run_dir)
         self.run = wandb.init(project=project, entity=entity, name=name, group=group,
                               tags=list(tags or []), config=config, dir=str(run_dir), mode=mode,
                               id=resume_id, resume="allow" if resume_id else None)
+
+    def _run_id(self, run_dir) -> str:
+        """The W&B run id kept in run_dir/wandb_id.txt, so that a resumed run continues the same
+        W&B run (made and saved on the first start)."""
+        path = Path(run_dir) / "wandb_id.txt"
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+        run_id = uuid.uuid4().hex[:8]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+        return run_id
 
     def log(self, metrics: dict, step: int) -> None:
         self.run.log(metrics, step=step)
