@@ -11,7 +11,7 @@ RUN        ?=
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.installed
 
-export WANDB_MODE ?= offline
+# W&B runs offline unless WANDB_API_KEY is set (decided in sde/training/logging.py).
 export HYDRA_FULL_ERROR ?= 0
 
 .PHONY: install test test-slow test-gpu lint train sample evaluate bench-models bench-samplers clean
