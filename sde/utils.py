@@ -84,6 +84,19 @@ def flat_dim(x: torch.Tensor) -> int:
     return n
 
 
+def check_eps(sde, eps: float) -> None:
+    """Raise a ValueError unless the end time `eps` lies in (0, T)."""
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+
+
+def lookup(registry: dict, name: str, kind: str):
+    """`registry[name]`, or a ValueError naming the `kind` and listing the known names."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(registry)}")
+    return registry[name]
+
+
 class CountedScore:
     """Wraps a `score_fn(x, t)` and counts its calls (the NFE every sampler reports)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sde.utils import append_dims, randn_like
+from sde.utils import append_dims, lookup, randn_like
 
 
 class Corrector:
@@ -87,6 +87,4 @@ CORRECTORS = {
 
 def get_corrector(name: str) -> type[Corrector]:
     """The corrector class registered under `name`."""
-    if name not in CORRECTORS:
-        raise ValueError(f"unknown corrector {name!r}; known correctors: {sorted(CORRECTORS)}")
-    return CORRECTORS[name]
+    return lookup(CORRECTORS, name, "corrector")

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from sde.utils import check_eps
+
 GRIDS = ("uniform", "logsnr", "edm", "quadratic")
 
 
@@ -23,8 +25,7 @@ def check_grid_args(sde, steps: int, eps: float, grid: str, rho: float = 7.0) ->
     """Raise a ValueError naming the bad argument of a time grid."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    check_eps(sde, eps)
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; known grids: {', '.join(GRIDS)}")
     if not rho > 0:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torchdiffeq import odeint
 
-from sde.sampling.pc import check_eps
 from sde.sampling.predictors import ReverseDiffusionPredictor
-from sde.utils import CountedScore, batch_time
+from sde.utils import CountedScore, batch_time, check_eps
 
 #: torchdiffeq solvers that step on a fixed grid (they need `step_size` or a grid of times).
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",

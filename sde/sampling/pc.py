@@ -6,13 +6,7 @@ import torch
 
 from sde.sampling.correctors import get_corrector
 from sde.sampling.predictors import get_predictor
-from sde.utils import CountedScore, batch_time
-
-
-def check_eps(sde, eps: float) -> None:
-    """Raise a ValueError unless 0 < eps < T."""
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+from sde.utils import CountedScore, batch_time, check_eps
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from sde.utils import append_dims, randn_like
+from sde.utils import append_dims, lookup, randn_like
 
 
 class Predictor:
@@ -92,6 +92,4 @@ PREDICTORS = {
 
 def get_predictor(name: str) -> type[Predictor]:
     """The predictor class registered under `name`."""
-    if name not in PREDICTORS:
-        raise ValueError(f"unknown predictor {name!r}; known predictors: {sorted(PREDICTORS)}")
-    return PREDICTORS[name]
+    return lookup(PREDICTORS, name, "predictor")

@@ -13,6 +13,7 @@ from sde.sampling.fast import (
     dpm_solver_sample,
     heun_sample,
 )
+from sde.utils import lookup
 
 
 def with_steps(sde, steps: int):
@@ -70,6 +71,4 @@ SAMPLERS = {
 
 def get_sampler(name: str):
     """The sampler function registered under `name` (see SAMPLERS)."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    return lookup(SAMPLERS, name, "sampler")

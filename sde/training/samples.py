@@ -9,27 +9,13 @@ import numpy as np
 import torch
 
 
-def get_sampler_fn(name: str):
-    """The sampler `name` of `sde.sampling` (pc, ode, and the fast ones once registered)."""
-    from sde import sampling
-
-    try:
-        from sde.sampling.registry import get_sampler
-    except ImportError:  # the registry of fast samplers is optional
-        get_sampler = None
-    if get_sampler is not None:
-        return get_sampler(name)
-    known = {"pc": sampling.pc_sample, "ode": sampling.ode_sample}
-    if name not in known:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(known)}")
-    return known[name]
-
-
 @torch.no_grad()
 def draw_samples(sde, score_fn, shape, *, sampler: dict, generator=None, device=None):
     """Samples (B, *shape[1:]) in model space and the NFE, from the `sampler` config section."""
     options = {k: v for k, v in sampler.items() if k != "name"}
-    fn = get_sampler_fn(sampler.get("name", "pc"))
+    from sde.sampling import get_sampler
+
+    fn = get_sampler(sampler.get("name", "pc"))
     x, nfe = fn(sde, score_fn, tuple(shape), generator=generator, device=device, **options)
     return x, int(nfe)
 
