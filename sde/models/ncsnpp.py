@@ -2,7 +2,10 @@
 
 It computes what score_sde_pytorch's `NCSNpp` computes, option for option. Its blocks live in
 one `nn.ModuleDict` (`self.blocks`) in the order of score_sde's `all_modules` list, which is
-what `sde.convert.score_sde` relies on to map released checkpoints.
+what `sde.convert.score_sde` relies on to map released checkpoints. As in score_sde, the
+parameter-free pyramid resamplers of `progressive_input='input_skip'` and
+`progressive='output_skip'` are not blocks (`self.pyramid_down`, `self.pyramid_up`): they hold
+no weights and take no index in `all_modules`.
 
 `cond` is what `get_score_fn(time_input=...)` passes: 999 t for DDPM++ (positional embedding),
 sigma(t) for NCSN++ (Fourier embedding of log sigma; `scale_by_sigma` divides the output by it).
@@ -100,6 +103,7 @@ class NCSNpp(nn.Module):
                           init_scale=init_scale,
                           num_groups=num_groups, combine=progressive_combine)
         self.blocks = nn.ModuleDict()
+        self._build_pyramid_resamplers()
         self._build_embedding(fourier_scale)
         self._build_down()
         self._build_up()
@@ -126,6 +130,13 @@ class NCSNpp(nn.Module):
         with_conv = o["resamp_with_conv"] if with_conv is None else with_conv
         return cls(in_ch, out_ch, with_conv=with_conv, fir=o["fir"], fir_kernel=o["fir_kernel"])
 
+    def _build_pyramid_resamplers(self) -> None:
+        """The weight-free FIR / naive resamplers of the input and output skip pyramids."""
+        if self.progressive_input == "input_skip":
+            self.pyramid_down = self._resample(Downsample, self.in_channels, with_conv=False)
+        if self.progressive == "output_skip":
+            self.pyramid_up = self._resample(Upsample, self.in_channels, with_conv=False)
+
     def _build_embedding(self, fourier_scale: float) -> None:
         nf, b = self.nf, self.blocks
         if self.embedding_type == "fourier":
@@ -151,7 +162,6 @@ class NCSNpp(nn.Module):
             b[f"down{i}_down"] = (self._resample(Downsample, in_ch) if self.resblock_type == "ddpm"
                                   else self._resblock(in_ch, resample="down"))
             if self.progressive_input == "input_skip":
-                b[f"down{i}_pyramid"] = self._resample(Downsample, pyramid_ch, with_conv=False)
                 b[f"down{i}_combine"] = Combine(pyramid_ch, in_ch, o["combine"])
                 in_ch = 2 * in_ch if o["combine"] == "cat" else in_ch
             elif self.progressive_input == "residual":
@@ -173,8 +183,6 @@ class NCSNpp(nn.Module):
                 b[f"up{i}_attn"] = self._attn(in_ch)
             top = i == self.num_levels - 1
             if self.progressive == "output_skip":
-                if not top:
-                    b[f"up{i}_pyramid_up"] = self._resample(Upsample, pyramid_ch, with_conv=False)
                 b[f"up{i}_pyramid_norm"] = group_norm(in_ch, o["num_groups"])
                 b[f"up{i}_pyramid_conv"] = conv2d(in_ch, C, 3, init_scale=o["init_scale"])
                 pyramid_ch = C
@@ -220,7 +228,7 @@ class NCSNpp(nn.Module):
                 continue
             h = b[f"down{i}_down"](hs[-1], temb)
             if self.progressive_input == "input_skip":
-                pyramid = b[f"down{i}_pyramid"](pyramid)
+                pyramid = self.pyramid_down(pyramid)  # (B, C, H_i, W_i)
                 h = b[f"down{i}_combine"](pyramid, h)
             elif self.progressive_input == "residual":
                 pyramid = b[f"down{i}_pyramid"](pyramid) + h
@@ -234,7 +242,7 @@ class NCSNpp(nn.Module):
         b, top = self.blocks, i == self.num_levels - 1
         if self.progressive == "output_skip":
             out = b[f"up{i}_pyramid_conv"](self.act(b[f"up{i}_pyramid_norm"](h)))
-            return h, (out if top else b[f"up{i}_pyramid_up"](pyramid) + out)
+            return h, (out if top else self.pyramid_up(pyramid) + out)  # no 1/sqrt(2) here
         if top:  # residual
             return h, b[f"up{i}_pyramid_conv"](self.act(b[f"up{i}_pyramid_norm"](h)))
         pyramid = b[f"up{i}_pyramid_up"](pyramid) + h
