@@ -18,7 +18,8 @@ from sde.training.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "score_sde_pytorch"
 NAMES = ["vp_cifar10_ddpmpp_continuous", "subvp_cifar10_ddpmpp_continuous",
-         "ve_cifar10_ncsnpp_continuous", "vp_cifar10_ddpm"]
+         "ve_cifar10_ncsnpp_continuous", "vp_cifar10_ddpm",
+         "ve_church_ncsnpp_continuous"]  # output_skip / input_skip: the high-resolution layout
 
 pytestmark = pytest.mark.skipif(
     not FIXTURES.is_dir(),

@@ -22,7 +22,8 @@ from sde.models import get_score_fn
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "score_sde_pytorch"
 NAMES = ["vp_cifar10_ddpmpp_continuous", "subvp_cifar10_ddpmpp_continuous",
-         "ve_cifar10_ncsnpp_continuous", "vp_cifar10_ddpm"]
+         "ve_cifar10_ncsnpp_continuous", "vp_cifar10_ddpm",
+         "ve_church_ncsnpp_continuous"]  # output_skip / input_skip: the high-resolution layout
 
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"score_sde fixtures not found at {FIXTURES} (../shared)")
