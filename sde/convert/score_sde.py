@@ -108,6 +108,8 @@ def _map_block(ours: nn.Module, ref: dict[str, torch.Tensor]) -> dict[str, torch
         out = {}
         for key, value in ref.items():
             layer, param = key.split(".")
+            if layer == "Dense_0" and ours.dense is None:
+                continue  # score_sde builds it even when unconditional, and never uses it
             if layer == "NIN_0":
                 out["skip." + {"W": "weight", "b": "bias"}[param]] = (
                     _nin_to_conv(value) if param == "W" else value)
@@ -210,13 +212,15 @@ def convert_ema(shadow_params: Sequence[torch.Tensor], ref_state_dict: Mapping[s
     `model.parameters()` order) placed on the raw state dict's keys, frozen tensors copied."""
     keys = trainable_reference_keys(ref_state_dict, model=model)
     if len(keys) != len(shadow_params):
-        raise ValueError(f"EMA holds {len(shadow_params)} tensors but the model has {len(keys)} "
-                         f"trainable parameters")
-    ema = {k: v for k, v in _strip_prefix(ref_state_dict).items()}
-    for key, value in zip(keys, shadow_params):
+        raise ValueError(f"EMA holds {len(shadow_params)} tensors (ema.shadow_params) but the "
+                         f"raw weights have {len(keys)} trainable parameters: the EMA does not "
+                         "belong to this model")
+    ema = dict(_strip_prefix(ref_state_dict))
+    for i, (key, value) in enumerate(zip(keys, shadow_params)):
         if ema[key].shape != value.shape:
-            raise ValueError(f"EMA tensor for {key!r} is shaped {tuple(value.shape)}, "
-                             f"expected {tuple(ema[key].shape)}")
+            raise ValueError(f"EMA parameter ema.shadow_params[{i}] (for {key!r}) is shaped "
+                             f"{tuple(value.shape)}, but the raw weights' {key!r} is "
+                             f"{tuple(ema[key].shape)}: the EMA does not belong to this model")
         ema[key] = value
     return convert_state_dict(ema, model=model)
 
