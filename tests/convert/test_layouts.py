@@ -10,9 +10,11 @@ network, that no key is left over on either side, and that the network runs.
 """
 
 import itertools
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sde.convert.score_sde import build_model, convert_ema, convert_state_dict
 
@@ -131,12 +133,13 @@ def reference_modules(config) -> list[tuple[str, dict[str, tuple]]]:
     return mods
 
 
-def reference_state_dict(config, generator) -> dict[str, torch.Tensor]:
+def reference_state_dict(config, generator, scale=1.0) -> dict[str, torch.Tensor]:
     """A random state dict laid out as score_sde saves it (DataParallel prefix, sigmas)."""
     sd = {"module.sigmas": torch.rand(10, generator=generator)}
     for index, (_, keys) in enumerate(reference_modules(config)):
         for local, shape in keys.items():
-            sd[f"module.all_modules.{index}.{local}"] = torch.randn(shape, generator=generator)
+            sd[f"module.all_modules.{index}.{local}"] = scale * torch.randn(shape,
+                                                                            generator=generator)
     return sd
 
 
@@ -231,3 +234,144 @@ def test_ema_shadow_params_land_on_their_keys(layout):
     model = build_model(config)
     ema = convert_ema(shadow, ref, model=model)
     check_one_to_one(config, {**ref, **dict(zip(trainable, shadow))}, ema, model)
+
+
+# --- score_sde's forward, written from its NCSNpp.forward, on its own state dict -------------
+# Non-FIR layouts only (nearest / 2x2-mean resampling; the FIR layouts are pinned by the
+# ve_cifar10 and ve_church fixtures): it checks our wiring of every progressive / input /
+# combine option, the 1/sqrt(2) rescalings and the concatenation orders.
+def _gn(h, w):
+    return F.group_norm(h, min(h.shape[1] // 4, 32), w["weight"], w["bias"], eps=1e-6)
+
+
+def _nin(h, w, b):  # score_sde's NIN: contract the channel axis with W (in, out)
+    return torch.einsum("bchw,co->bohw", h, w) + b[None, :, None, None]
+
+
+def _ref_resample(h, m, up):
+    return F.interpolate(h, scale_factor=2.0, mode="nearest") if up else F.avg_pool2d(h, 2, 2)
+
+
+def _ref_resblock(p, x, temb, m, up=False, down=False):
+    act = F.silu
+    sub = {k.split(".")[0]: {} for k in p}
+    for k, v in p.items():
+        sub[k.split(".")[0]][k.split(".")[1]] = v
+    h = act(_gn(x, sub["GroupNorm_0"]))
+    if up or down:
+        h, x = _ref_resample(h, m, up), _ref_resample(x, m, up)
+    h = F.conv2d(h, sub["Conv_0"]["weight"], sub["Conv_0"]["bias"], padding=1)
+    if temb is not None:
+        h = h + (act(temb) @ sub["Dense_0"]["weight"].t() + sub["Dense_0"]["bias"])[:, :, None,
+                                                                                   None]
+    h = F.conv2d(act(_gn(h, sub["GroupNorm_1"])), sub["Conv_1"]["weight"], sub["Conv_1"]["bias"],
+                 padding=1)
+    if "Conv_2" in sub:
+        x = F.conv2d(x, sub["Conv_2"]["weight"], sub["Conv_2"]["bias"])
+    elif "NIN_0" in sub:
+        x = _nin(x, sub["NIN_0"]["W"], sub["NIN_0"]["b"])
+    return (x + h) / math.sqrt(2.0)
+
+
+def _ref_attn(p, x):
+    B, C, H, W = x.shape
+    h = _gn(x, {"weight": p["GroupNorm_0.weight"], "bias": p["GroupNorm_0.bias"]})
+    q, k, v = (_nin(h, p[f"NIN_{i}.W"], p[f"NIN_{i}.b"]) for i in range(3))
+    w = torch.einsum("bchw,bcij->bhwij", q, k) * C**-0.5
+    w = torch.softmax(w.reshape(B, H, W, H * W), dim=-1).reshape(B, H, W, H, W)
+    h = _nin(torch.einsum("bhwij,bcij->bchw", w, v), p["NIN_3.W"], p["NIN_3.b"])
+    return (x + h) / math.sqrt(2.0)
+
+
+def _ref_resampler(p, x, up, with_conv):
+    """layerspp.Upsample / Downsample without FIR."""
+    if up:
+        h = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.conv2d(h, p["Conv_0.weight"], p["Conv_0.bias"], padding=1) if with_conv else h
+    if with_conv:  # 'SAME' for stride 2: one pixel of zeros right and bottom
+        return F.conv2d(F.pad(x, (0, 1, 0, 1)), p["Conv_0.weight"], p["Conv_0.bias"], stride=2)
+    return F.avg_pool2d(x, 2, 2)
+
+
+def reference_forward(config, sd, x, sigma):
+    """score_sde's NCSNpp.forward (Fourier embedding, skip_rescale, scale_by_sigma)."""
+    m, n_levels = config["model"], len(config["model"]["ch_mult"])
+    mods = [{k.split(".", 3)[3]: v for k, v in sd.items() if k.split(".")[2:3] == [str(i)]}
+            for i in range(len(reference_modules(config)))]
+    it = iter(mods)
+    biggan, conv_resample = m["resblock_type"] == "biggan", m["resamp_with_conv"]
+    proj = torch.log(sigma)[:, None] * next(it)["W"][None, :] * 2 * math.pi
+    temb = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+    p = next(it)
+    temb = temb @ p["weight"].t() + p["bias"]
+    p = next(it)
+    temb = F.silu(temb) @ p["weight"].t() + p["bias"]
+    x = 2 * x - 1.0
+    pyramid = x
+    p = next(it)
+    hs = [F.conv2d(x, p["weight"], p["bias"], padding=1)]
+    for i in range(n_levels):
+        for _ in range(m["num_res_blocks"]):
+            h = _ref_resblock(next(it), hs[-1], temb, m)
+            if h.shape[-1] in m["attn_resolutions"]:
+                h = _ref_attn(next(it), h)
+            hs.append(h)
+        if i == n_levels - 1:
+            continue
+        h = (_ref_resblock(next(it), hs[-1], temb, m, down=True) if biggan
+             else _ref_resampler(next(it), hs[-1], False, conv_resample))
+        if m["progressive_input"] == "input_skip":
+            pyramid = F.avg_pool2d(pyramid, 2, 2)  # its Downsample(with_conv=False)
+            p = next(it)
+            h_pyr = F.conv2d(pyramid, p["Conv_0.weight"], p["Conv_0.bias"])
+            h = torch.cat([h_pyr, h], 1) if m["progressive_combine"] == "cat" else h_pyr + h
+        elif m["progressive_input"] == "residual":
+            pyramid = (_ref_resampler(next(it), pyramid, False, True) + h) / math.sqrt(2.0)
+            h = pyramid
+        hs.append(h)
+    h = _ref_resblock(next(it), hs[-1], temb, m)
+    h = _ref_attn(next(it), h)
+    h = _ref_resblock(next(it), h, temb, m)
+    pyramid = None
+    for i in reversed(range(n_levels)):
+        for _ in range(m["num_res_blocks"] + 1):
+            h = _ref_resblock(next(it), torch.cat([h, hs.pop()], dim=1), temb, m)
+        if h.shape[-1] in m["attn_resolutions"]:
+            h = _ref_attn(next(it), h)
+        top = i == n_levels - 1
+        if m["progressive"] != "none" and (top or m["progressive"] == "output_skip"):
+            norm, conv = next(it), next(it)
+            out = F.conv2d(F.silu(_gn(h, norm)), conv["weight"], conv["bias"], padding=1)
+            pyramid = out if top else F.interpolate(pyramid, scale_factor=2.0) + out
+        elif m["progressive"] == "residual":
+            pyramid = (_ref_resampler(next(it), pyramid, True, True) + h) / math.sqrt(2.0)
+            h = pyramid
+        if i != 0:
+            h = (_ref_resblock(next(it), h, temb, m, up=True) if biggan
+                 else _ref_resampler(next(it), h, True, conv_resample))
+    if m["progressive"] == "output_skip":
+        h = pyramid
+    else:
+        norm, conv = next(it), next(it)
+        h = F.conv2d(F.silu(_gn(h, norm)), conv["weight"], conv["bias"], padding=1)
+    assert next(it, None) is None
+    return h / sigma[:, None, None, None]
+
+
+@pytest.mark.parametrize("resblock_type,resamp_with_conv", [("biggan", True), ("ddpm", True),
+                                                            ("ddpm", False)])
+@pytest.mark.parametrize("progressive,progressive_input,combine", LAYOUTS)
+def test_every_layout_computes_what_score_sde_computes(progressive, progressive_input, combine,
+                                                       resblock_type, resamp_with_conv):
+    config = _config(progressive, progressive_input, combine, resblock_type=resblock_type,
+                     fir=False, resamp_with_conv=resamp_with_conv)
+    generator = torch.Generator().manual_seed(3)
+    ref = reference_state_dict(config, generator, scale=0.3)
+    model = build_model(config).eval()
+    model.load_state_dict(convert_state_dict(ref, model=model))
+    x = torch.rand(2, 3, 16, 16, generator=generator)
+    sigma = torch.tensor([0.05, 7.0])
+    with torch.no_grad():
+        ours, theirs = model(x, sigma), reference_forward(config, ref, x, sigma)
+    rel = ((ours - theirs).flatten(1).norm(dim=1) / theirs.flatten(1).norm(dim=1)).max()
+    assert rel < 1e-5, rel.item()
