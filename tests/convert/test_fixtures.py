@@ -82,6 +82,7 @@ def test_bad_checkpoints_stop_with_the_key(tmp_path):
     torch.save(short, tmp_path / "short.pth")
     with pytest.raises(ValueError, match="EMA holds"):
         convert_run(tmp_path / "short.pth", config, tmp_path / "short")
+    assert "EMA" not in _raw_message(convert_run, config, tmp_path, ckpt)
     torch.save({"model": ckpt["model"], "anything": object}, tmp_path / "pickle.pth")
     with pytest.raises(ValueError, match="weights_only=True"):
         convert_run(tmp_path / "pickle.pth", config, tmp_path / "pickle")
@@ -116,3 +117,41 @@ def test_sample_a_converted_run(tmp_path):
     samples = np.load(npz)["samples"]
     assert samples.shape == (2, 3, 16, 16) and np.isfinite(samples).all()
     assert samples.min() >= 0 and samples.max() <= 1 and npz.with_suffix(".png").is_file()
+
+
+def _raw_message(convert_run, config, tmp_path, ckpt):
+    """The message of a raw-weights shape error (to tell the EMA's own message from it)."""
+    key = "module.all_modules.4.Conv_0.weight"
+    bad = {**ckpt, "model": {**ckpt["model"], key: torch.zeros(1, 2, 3, 3)}}
+    torch.save(bad, tmp_path / "raw.pth")
+    with pytest.raises(ValueError) as err:
+        convert_run(tmp_path / "raw.pth", config, tmp_path / "raw")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("name", ["ve_cifar10_ncsnpp_continuous", "ve_church_ncsnpp_continuous"])
+def test_ema_shape_errors_name_the_ema_parameter(name, tmp_path):
+    """Raw weights fine, one EMA shadow parameter of the wrong shape: the error is the EMA's own
+    (names ema.shadow_params[k] and its raw key), not the raw-weights shape message."""
+    ckpt = torch.load(FIXTURES / f"{name}.pth", weights_only=True)
+    config = str(FIXTURES / f"{name}.json")
+    shadow = list(ckpt["ema"]["shadow_params"])
+    # score_sde's EMA is model.parameters(): the state dict without sigmas and the frozen W
+    trainable = [key for key in ckpt["model"] if key not in ("module.sigmas",
+                                                             "module.all_modules.0.W")]
+    k = trainable.index("module.all_modules.4.Dense_0.bias")
+    shadow[k] = torch.zeros(shadow[k].numel() + 1)
+    bad = {**ckpt, "ema": {**ckpt["ema"], "shadow_params": shadow}}
+    torch.save(bad, tmp_path / "ema.pth")
+    with pytest.raises(ValueError) as err:
+        convert_run(tmp_path / "ema.pth", config, tmp_path / "ema")
+    message = str(err.value)
+    assert message.startswith(f"EMA parameter ema.shadow_params[{k}] (for "
+                              "'all_modules.4.Dense_0.bias') is shaped"), message
+    assert "in the checkpoint," not in message  # the raw-weights wording
+    assert "in the checkpoint," in _raw_message(convert_run, config, tmp_path, ckpt)
+    short = {**ckpt, "ema": {**ckpt["ema"], "shadow_params": shadow[:3]}}
+    torch.save(short, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=r"^EMA holds 3 tensors \(ema.shadow_params\)"):
+        convert_run(tmp_path / "short.pth", config, tmp_path / "short")
+    assert not any(tmp_path.glob("*/checkpoints/*.pt"))
