@@ -185,7 +185,6 @@ class NCSNpp(nn.Module):
             if self.progressive == "output_skip":
                 b[f"up{i}_pyramid_norm"] = group_norm(in_ch, o["num_groups"])
                 b[f"up{i}_pyramid_conv"] = conv2d(in_ch, C, 3, init_scale=o["init_scale"])
-                pyramid_ch = C
             elif self.progressive == "residual":
                 if top:
                     b[f"up{i}_pyramid_norm"] = group_norm(in_ch, o["num_groups"])
