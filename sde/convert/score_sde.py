@@ -6,11 +6,12 @@ score_sde keeps its blocks in one flat `all_modules` list; our `NCSNpp` / `DDPM`
 `list(model.blocks)[i]`, for every `progressive` (none, output_skip, residual),
 `progressive_input` (none, input_skip, residual) and `progressive_combine` (sum, cat). As in
 score_sde, the weight-free resamplers of the input_skip / output_skip pyramids are not in that
-list (tests/convert/test_layouts.py pins the order). Inside each block, parameter names are renamed, score_sde's `NIN`
-layers (W of shape (in, out)) become 1x1 convolutions, and the q/k/v `NIN`s of an attention
-block are stacked into one `qkv` convolution. The `Dense_0` that score_sde builds in every
-residual block of an unconditional network (and never uses) is dropped. The reference's `sigmas` buffer is dropped: our
-networks never index a noise table (the time input is an option of `get_score_fn`).
+list (tests/convert/test_layouts.py pins the order). Inside each block, parameter names are
+renamed, score_sde's `NIN` layers (W of shape (in, out)) become 1x1 convolutions, and the
+q/k/v `NIN`s of an attention block are stacked into one `qkv` convolution. The `Dense_0` that
+score_sde builds in every residual block of an unconditional network (and never uses) is
+dropped, and so is the reference's `sigmas` buffer: our networks never index a noise table (the
+time input is an option of `get_score_fn`).
 """
 
 from __future__ import annotations
