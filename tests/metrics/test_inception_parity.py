@@ -239,7 +239,7 @@ def test_features_equal_torch_fidelity_live(fidelity, tmp_path):
 
 # --- regenerating the fixture ----------------------------------------------------------------------
 def make_fixture(source: str | None = None, out: Path = FIXTURE) -> None:
-    """Run torch-fidelity (float64 inside) on the random weights and images; write the npz."""
+    """Run torch-fidelity in float64 on the random weights and images; write the npz."""
     import tempfile
 
     root = torch_fidelity_root(source)
@@ -253,8 +253,10 @@ def make_fixture(source: str | None = None, out: Path = FIXTURE) -> None:
     # the mapping and the weights are torch-fidelity's own, not ours
     keys_shapes = [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
     state = random_state(keys_shapes)
-    theirs.load_state_dict({k: v.double() if v.is_floating_point() else v
-                            for k, v in state.items()})
+    theirs.load_state_dict(state)
+    # 0.4.0's text_to_dtype maps "float64" to float32: set the internal dtype by hand
+    theirs.feature_extractor_internal_dtype = torch.float64
+    theirs.double()
     images = fixture_images()
     with torch.no_grad():
         outs = [theirs(u) for u in images]
