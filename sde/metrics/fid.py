@@ -183,16 +183,23 @@ def images_hash(batches: Iterable[torch.Tensor], extra: str = "") -> str:
 KID_REFERENCE_FEATURES = 10_000
 
 
+def _preprocessing_key(net) -> str:
+    """Part of the cache key: statistics of one Inception preprocessing never serve another
+    (empty for the default, so caches written before the option existed stay valid)."""
+    mode = getattr(net, "preprocessing", "pytorch_fid")
+    return "" if mode == "pytorch_fid" else f":preprocessing={mode}"
+
+
 def reference_statistics(batches_fn, cache: str | Path, *, net, key: str = "", device=None,
                          progress: bool = False) -> dict[str, np.ndarray]:
     """Inception statistics of a dataset, computed once and cached in the npz `cache`:
     mu (2048,), sigma (2048, 2048) over all images, `features` of at most 10,000 evenly spaced
-    images (for KID), and `hash`, the sha256 of the 8-bit images and `key` (name the weights).
-    `batches_fn()` yields the image batches anew. The cache is reused only when the stored hash
+    images (for KID), and `hash`, the sha256 of the 8-bit images, `key` (name the weights) and
+    the net's `preprocessing` where not the default. `batches_fn()` yields the image batches anew. The cache is reused only when the stored hash
     matches (hashing is cheap next to the Inception pass); a changed dataset recomputes it.
     """
     cache = Path(cache)
-    digest = images_hash(batches_fn(), extra=key)
+    digest = images_hash(batches_fn(), extra=key + _preprocessing_key(net))
     if cache.is_file():
         stored = np.load(cache)
         if str(stored["hash"]) == digest:

@@ -107,6 +107,14 @@ def test_reference_statistics_cached_and_invalidated(tmp_path):
     images[0] = 1 - images[0]  # the data changed: recomputed
     reference_statistics(batches, cache, net=net, key="fake")
     assert FakeNet.calls == 6
+    net.preprocessing = "tf1"  # another Inception preprocessing: its own statistics
+    reference_statistics(batches, cache, net=net, key="fake")
+    assert FakeNet.calls == 9
+    net.preprocessing = "pytorch_fid"  # the default keys as before the option existed
+    reference_statistics(batches, cache, net=net, key="fake")
+    assert FakeNet.calls == 12
+    reference_statistics(batches, cache, net=FakeNet(), key="fake")
+    assert FakeNet.calls == 12
 
 
 def test_frechet_matches_torchmetrics_eigenvalue_form():

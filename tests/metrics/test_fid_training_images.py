@@ -1,6 +1,7 @@
 """The training images scored against their own reference statistics, through the function
-`sde.evaluate` computes FID/KID with (issue 10 section 4): FID is 0 to rounding, and KID equals
-its closed form for two copies of one set. Random Inception weights, written by the test."""
+`sde.evaluate` computes FID/KID/IS with (issue 10 section 4): FID is 0 to rounding, KID equals its
+closed form for two copies of one set, IS the formula applied to the network's logits. Random
+Inception weights, written by the test."""
 
 from __future__ import annotations
 
@@ -55,18 +56,30 @@ def setup(tmp_path_factory):
     return data, weights, train
 
 
-def score(samples, data, weights, metrics=("fid", "kid")):
+def score(samples, data, weights, metrics=("fid", "kid", "is")):
     net = load_inception(weights)
     return image_quality(samples, net, data, metrics=list(metrics), weights=str(weights),
                          reference_stats=None, batch_size=4, device="cpu", kid_subsets=3,
                          kid_subset_size=N, is_splits=2, progress=False)
 
 
+def inception_score_by_hand(logits: np.ndarray, splits: int) -> float:
+    """exp(mean_x KL(p(y|x) || p(y))) per consecutive split, averaged (Salimans et al. 2016)."""
+    scores = []
+    for chunk in np.array_split(logits, splits):
+        p = np.exp(chunk - chunk.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        q = p.mean(0, keepdims=True)
+        scores.append(np.exp((p * (np.log(p) - np.log(q))).sum(1).mean()))
+    return float(np.mean(scores))
+
+
 def test_training_images_score_zero_fid_and_closed_form_kid(setup):
     data, weights, train = setup
     samples = train.float() / 255  # (N, 3, H, W): the training images as a sampler returns them
     values = score(samples, data, weights)
-    f = load_inception(weights)(samples)[0].double()  # (N, 2048), from the network itself
+    feats, logits = load_inception(weights)(samples)  # (N, 2048), (N, 1008): the network itself
+    f = feats.double()
     spread = float(torch.trace(torch.cov(f.T)))  # tr(Sigma): the scale FID is measured on
     assert spread > 1e-2  # informative features: the zero below is not vacuous
     assert abs(values["fid"]) <= 1e-8 * spread
@@ -76,6 +89,9 @@ def test_training_images_score_zero_fid_and_closed_form_kid(setup):
     expected = -2 / (N - 1) * float(k.diagonal().mean() - k.mean())
     assert values["kid"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert values["kid_std"] == pytest.approx(0, abs=1e-9 * abs(expected) + 1e-15)
+    # IS over 2 splits of the unbiased logits, from the same network outputs
+    assert values["is"] == pytest.approx(inception_score_by_hand(logits.double().numpy(), 2),
+                                         rel=1e-6)
     assert values["reference_stats"].endswith(f"fid_stats_folder_{SIZE}x{SIZE}_train.npz")
 
 
