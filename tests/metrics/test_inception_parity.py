@@ -167,6 +167,30 @@ def test_default_preprocessing_differs_from_tf1(reference):
     assert (f.double() - torch.from_numpy(ref["features"][:2])).abs().max() > 1e-3
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("preprocessing", ["tf1", "pytorch_fid"])
+def test_cuda_features_equal_cpu_and_fixture(reference, preprocessing):
+    """On CUDA (TF32 off) the network and both preprocessings give the CPU float64 features to
+    1e-4, and tf1 torch-fidelity's to 1e-4."""
+    ref, keys_shapes = reference
+    net = FIDInceptionV3(preprocessing)
+    net.load_state_dict(random_state(keys_shapes))
+    net = net.eval()
+    x = torch.from_numpy(ref["images0"]).float() / 255
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.no_grad():
+            expected = net.double()(x.double())[0]
+            got = net.float().cuda()(x.cuda())[0].double().cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    if preprocessing == "tf1":
+        torch.testing.assert_close(got, torch.from_numpy(ref["features"][:2]).double(),
+                                   rtol=1e-4, atol=1e-4)
+
+
 # --- preprocessing against closed forms ---------------------------------------------------------
 @pytest.mark.parametrize("n_in", [32, 7, 331])
 def test_tf1_resize_of_a_ramp_closed_form(n_in):
