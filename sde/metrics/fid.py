@@ -195,8 +195,9 @@ def reference_statistics(batches_fn, cache: str | Path, *, net, key: str = "", d
     """Inception statistics of a dataset, computed once and cached in the npz `cache`:
     mu (2048,), sigma (2048, 2048) over all images, `features` of at most 10,000 evenly spaced
     images (for KID), and `hash`, the sha256 of the 8-bit images, `key` (name the weights) and
-    the net's `preprocessing` where not the default. `batches_fn()` yields the image batches anew. The cache is reused only when the stored hash
-    matches (hashing is cheap next to the Inception pass); a changed dataset recomputes it.
+    the net's `preprocessing` where not the default. `batches_fn()` yields the image batches
+    anew. The cache is reused only when the stored hash matches (hashing is cheap next to the
+    Inception pass); a changed dataset recomputes it.
     """
     cache = Path(cache)
     digest = images_hash(batches_fn(), extra=key + _preprocessing_key(net))
