@@ -26,15 +26,33 @@ def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray,
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
+def _sqrt_eigvals_sum(m: np.ndarray) -> float:
+    """sum_i sqrt(lambda_i) of a symmetric PSD matrix; eigenvalues below its numerical-rank cutoff
+    (n eps lambda_max, as `np.linalg.matrix_rank`) count as 0: their square roots would only be
+    amplified roundoff (sqrt(1e-16) = 1e-8 each, times up to 2048 of them)."""
+    lam = np.linalg.eigvalsh(m)
+    cutoff = max(lam.max(initial=0.0), 0.0) * len(lam) * np.finfo(lam.dtype).eps
+    return float(np.sqrt(lam[lam > cutoff]).sum())
+
+
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr (S1 S2)^{1/2} for symmetric PSD S1, S2, in float64: S1 S2 is similar to the symmetric
     A S2 A with A = S1^{1/2}, so the trace is sum_i sqrt(lambda_i(A S2 A)). Two symmetric
     eigendecompositions: exact like scipy's sqrtm (pytorch-fid), also for singular covariances
     (no imaginary parts, no eps offset), and seconds instead of a minute at D = 2048."""
     w, v = np.linalg.eigh(sigma1)
-    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^{1/2}
-    lam = np.linalg.eigvalsh(a @ sigma2 @ a)
-    return float(np.sqrt(np.clip(lam, 0, None)).sum())
+    w[w <= max(w.max(initial=0.0), 0.0) * len(w) * np.finfo(w.dtype).eps] = 0.0  # rank cutoff
+    a = (v * np.sqrt(w)) @ v.T  # S1^{1/2}
+    return _sqrt_eigvals_sum(a @ sigma2 @ a)
+
+
+def trace_sqrt_product_features(features1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr (S1 S2)^{1/2} with S1 the unbiased covariance of features1 (N, D): S1 = Y^T Y with
+    Y = (F - mean) / sqrt(N - 1), and S1 S2 = Y^T (Y S2) has the nonzero eigenvalues of the
+    (N, N) matrix Y S2 Y^T, so N < D samples cost one (N, N) eigendecomposition, not (D, D)."""
+    f = np.asarray(features1, dtype=np.float64)
+    y = (f - f.mean(axis=0)) / np.sqrt(len(f) - 1)  # (N, D)
+    return _sqrt_eigvals_sum(y @ sigma2 @ y.T)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -52,6 +70,23 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def fid_from_features(features1, features2) -> float:
     """FID between two feature sets (N, D) and (M, D)."""
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+def fid_to_reference(features, mu2, sigma2) -> float:
+    """FID of features (N, D) against reference statistics (mu2, sigma2); for N <= D through
+    `trace_sqrt_product_features` (exact, and fast for few samples), else `frechet_distance`."""
+    mu1, sigma1 = feature_statistics(features)
+    f = np.asarray(torch.as_tensor(features).double().cpu())
+    mu2, sigma2 = np.float64(mu2), np.float64(sigma2)
+    if len(f) > f.shape[1]:
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
+    if mu2.shape != mu1.shape or sigma2.shape != sigma1.shape:
+        raise ValueError(f"reference statistics {mu2.shape}, {sigma2.shape} do not match "
+                         f"features {f.shape}")
+    sigma2 = (sigma2 + sigma2.T) / 2
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+                 - 2 * trace_sqrt_product_features(f, sigma2))
 
 
 # --- KID ---------------------------------------------------------------------------------------
@@ -148,16 +183,24 @@ def images_hash(batches: Iterable[torch.Tensor], extra: str = "") -> str:
 KID_REFERENCE_FEATURES = 10_000
 
 
+def _preprocessing_key(net) -> str:
+    """Part of the cache key: statistics of one Inception preprocessing never serve another
+    (empty for the default, so caches written before the option existed stay valid)."""
+    mode = getattr(net, "preprocessing", "pytorch_fid")
+    return "" if mode == "pytorch_fid" else f":preprocessing={mode}"
+
+
 def reference_statistics(batches_fn, cache: str | Path, *, net, key: str = "", device=None,
                          progress: bool = False) -> dict[str, np.ndarray]:
     """Inception statistics of a dataset, computed once and cached in the npz `cache`:
     mu (2048,), sigma (2048, 2048) over all images, `features` of at most 10,000 evenly spaced
-    images (for KID), and `hash`, the sha256 of the 8-bit images and `key` (name the weights).
-    `batches_fn()` yields the image batches anew. The cache is reused only when the stored hash
-    matches (hashing is cheap next to the Inception pass); a changed dataset recomputes it.
+    images (for KID), and `hash`, the sha256 of the 8-bit images, `key` (name the weights) and
+    the net's `preprocessing` where not the default. `batches_fn()` yields the image batches
+    anew. The cache is reused only when the stored hash matches (hashing is cheap next to the
+    Inception pass); a changed dataset recomputes it.
     """
     cache = Path(cache)
-    digest = images_hash(batches_fn(), extra=key)
+    digest = images_hash(batches_fn(), extra=key + _preprocessing_key(net))
     if cache.is_file():
         stored = np.load(cache)
         if str(stored["hash"]) == digest:
@@ -181,8 +224,7 @@ def image_metrics(sample_features, sample_logits, reference: dict, *, metrics: I
     out: dict[str, float] = {}
     metrics = set(metrics)
     if "fid" in metrics:
-        out["fid"] = frechet_distance(*feature_statistics(sample_features),
-                                      reference["mu"], reference["sigma"])
+        out["fid"] = fid_to_reference(sample_features, reference["mu"], reference["sigma"])
     if "kid" in metrics:
         out["kid"], out["kid_std"] = kernel_inception_distance(
             sample_features, reference["features"], subsets=kid_subsets,

@@ -168,17 +168,72 @@ class InceptionE(nn.Module):
         return torch.cat([b1, b3, b3d, self.branch_pool(pooled)], 1)
 
 
+# --- preprocessing: images in [0, 1] -> 299x299 in [-1, 1] ----------------------------------------
+def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (B, C, H, W) -> (B, C, *size) as TensorFlow 1.x's `resize_bilinear` with
+    `align_corners=False` (the TF FID graph; torch-fidelity's
+    `interpolate_bilinear_2d_like_tensorflow1x`): output pixel i samples the input at
+    src = i * (in / out), the scale rounded to float32 as TF does, without PyTorch's half-pixel
+    offset, and the upper neighbour clamped to the last row/column. Columns first, then rows."""
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"resize_bilinear_tf1 needs a float (B, C, H, W), got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    x = _lerp_taps(x, *_tf1_taps(x.shape[-1], size[1], x), dim=-1)  # (B, C, H, size[1])
+    return _lerp_taps(x, *_tf1_taps(x.shape[-2], size[0], x), dim=-2)  # (B, C, *size)
+
+
+def _tf1_taps(n_in: int, n_out: int, x: torch.Tensor):
+    """Lower index, upper index and weight of the upper one, per output pixel, of TF 1.x's
+    half-pixel-free map src = i * scale (float32 scale; the product in x's precision, which for
+    float32 is TF's kernel)."""
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    src = torch.arange(n_out, dtype=x.dtype, device=x.device) * scale.to(x.device)  # (n_out,)
+    lo = src.long()  # floor: src >= 0
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return lo, hi, src - lo.to(x.dtype)
+
+
+def _lerp_taps(x: torch.Tensor, lo, hi, w, *, dim: int) -> torch.Tensor:
+    """(1 - w) x[lo] + w x[hi] along `dim`."""
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    w = w.view(shape)
+    a, b = x.index_select(dim, lo), x.index_select(dim, hi)
+    return a + (b - a) * w
+
+
+def preprocess_pytorch_fid(x: torch.Tensor) -> torch.Tensor:
+    """pytorch-fid: PyTorch bilinear resize (half-pixel centres, align_corners=False), 2x - 1."""
+    x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+    return 2 * x - 1
+
+
+def preprocess_tf1(x: torch.Tensor) -> torch.Tensor:
+    """The TF FID graph (and torch-fidelity) on 8-bit values v = 255 x: TF 1.x bilinear resize,
+    then (v - 128) / 128."""
+    v = resize_bilinear_tf1(255 * x, (INPUT_SIZE, INPUT_SIZE))
+    return (v - 128) / 128
+
+
+PREPROCESSING = {"pytorch_fid": preprocess_pytorch_fid, "tf1": preprocess_tf1}
+
+
 class FIDInceptionV3(nn.Module):
     """Inception-v3 of the FID variant; `forward(x)` with x in [0, 1], shaped (B, 3, H, W), returns
     `(features, logits)`: the 2048-d pool features (FID, KID) and the 1008-class logits (IS).
 
-    Preprocessing as in pytorch-fid: bilinear resize to 299x299 (align_corners=False), then
-    2x - 1 to [-1, 1]. The logits are `features @ fc.weight.T` without the bias, as in the
-    original TF Inception Score code and torch-fidelity's `logits_unbiased`.
+    `preprocessing` (see `PREPROCESSING`) says how images reach 299x299 in [-1, 1]:
+    `"pytorch_fid"` (default) as pytorch-fid, `"tf1"` as the TF FID graph and torch-fidelity.
+    The logits are `features @ fc.weight.T` without the bias, as in the original TF Inception
+    Score code and torch-fidelity's `logits_unbiased`.
     """
 
-    def __init__(self):
+    def __init__(self, preprocessing: str = "pytorch_fid"):
         super().__init__()
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"unknown Inception preprocessing {preprocessing!r}; choose one of "
+                             f"{sorted(PREPROCESSING)}")
+        self.preprocessing = preprocessing
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -197,13 +252,11 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7c = InceptionE(2048, pool="max")
         self.fc = nn.Linear(2048, 1008)
 
-    @staticmethod
-    def preprocess(x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 3, 299, 299) in [-1, 1]."""
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 3, 299, 299) in [-1, 1], as `self.preprocessing` says."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"Inception expects RGB images (B, 3, H, W), got {tuple(x.shape)}")
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-        return 2 * x - 1
+        return PREPROCESSING[self.preprocessing](x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pool-3 features (B, 2048) of images in [0, 1]."""
@@ -223,13 +276,17 @@ class FIDInceptionV3(nn.Module):
         return feats, feats @ self.fc.weight.T  # (B, 2048), (B, 1008)
 
 
-def load_inception(path: str | Path | None, *, device=None) -> FIDInceptionV3:
+def load_inception(path: str | Path | None, *, device=None,
+                   preprocessing: str = "pytorch_fid") -> FIDInceptionV3:
     """The FID Inception in eval mode with the weights at `path` (a pytorch-fid/torch-fidelity
-    `pt_inception-2015-12-05-6726825d.pth`); a clear FileNotFoundError if there is none."""
+    `pt_inception-2015-12-05-6726825d.pth`); a clear FileNotFoundError if there is none.
+    `preprocessing`: "pytorch_fid" or "tf1" (see `FIDInceptionV3`)."""
+    from sde.serialization import load_weights_only
+
     if path is None or not Path(path).expanduser().is_file():
         raise FileNotFoundError(missing_weights_message(path))
-    state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    net = FIDInceptionV3()
+    net = FIDInceptionV3(preprocessing)
+    state = load_weights_only(path, what="Inception weights")
     load_state_dict_checked(net, state)
     return net.eval().requires_grad_(False).to(device or "cpu")
 

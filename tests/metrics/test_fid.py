@@ -7,6 +7,7 @@ import torch
 from sde.metrics.fid import (
     feature_statistics,
     fid_from_features,
+    fid_to_reference,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -106,6 +107,14 @@ def test_reference_statistics_cached_and_invalidated(tmp_path):
     images[0] = 1 - images[0]  # the data changed: recomputed
     reference_statistics(batches, cache, net=net, key="fake")
     assert FakeNet.calls == 6
+    net.preprocessing = "tf1"  # another Inception preprocessing: its own statistics
+    reference_statistics(batches, cache, net=net, key="fake")
+    assert FakeNet.calls == 9
+    net.preprocessing = "pytorch_fid"  # the default keys as before the option existed
+    reference_statistics(batches, cache, net=net, key="fake")
+    assert FakeNet.calls == 12
+    reference_statistics(batches, cache, net=FakeNet(), key="fake")
+    assert FakeNet.calls == 12
 
 
 def test_frechet_matches_torchmetrics_eigenvalue_form():
@@ -128,3 +137,33 @@ def test_frechet_matches_scipy_sqrtm_and_handles_singular_covariances():
     sqrt_term = np.trace(scipy_linalg.sqrtm(s1 @ s2)).real
     expected = mu @ mu + np.trace(s1) + np.trace(s2) - 2 * sqrt_term
     assert frechet_distance(mu, s1, np.zeros(30), s2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_to_reference_few_samples_closed_form():
+    """N < D samples (the fast (N, N) route): rows +-c_j e_j have mean 0 and the diagonal
+    covariance 2 c_j^2 / (N - 1) on the first k axes, so against N(mu2, diag(d)) the FID is
+    |mu2|^2 + sum_j s_j + sum d - 2 sum_j sqrt(s_j d_j)."""
+    rng = np.random.default_rng(4)
+    k, dim = 3, 10
+    c, d, mu2 = rng.uniform(0.5, 2, k), rng.uniform(0.1, 3, dim), rng.normal(size=dim)
+    rows = [sign * c[j] * np.eye(dim)[j] for j in range(k) for sign in (1, -1)]
+    features = np.stack(rows)  # (6, 10)
+    s = 2 * c**2 / (len(features) - 1)
+    expected = mu2 @ mu2 + s.sum() + d.sum() - 2 * np.sqrt(s * d[:k]).sum()
+    assert fid_to_reference(features, mu2, np.diag(d)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fid_to_reference_routes_agree_and_identical_sets_give_zero():
+    """Few samples (N <= D) and many (N > D) agree with the covariance formula; a set against its
+    own statistics is 0 up to rounding also when the covariance is singular (rank N - 1 < D)."""
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(200, 40)) @ rng.normal(size=(40, 40)) / 6
+    mu2, s2 = feature_statistics(ref)
+    for n in (5, 39, 41, 120):
+        f = rng.normal(size=(n, 40)) * rng.uniform(0.1, 3, 40)
+        assert fid_to_reference(f, mu2, s2) == pytest.approx(
+            frechet_distance(*feature_statistics(f), mu2, s2), rel=1e-9)
+    few = rng.normal(size=(6, 40)) * 10
+    spread = np.trace(feature_statistics(few)[1])
+    assert abs(fid_to_reference(few, *feature_statistics(few))) <= 1e-10 * spread
+    assert abs(frechet_distance(*feature_statistics(few), *feature_statistics(few))) <= 1e-10 * spread
