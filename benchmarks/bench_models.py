@@ -180,6 +180,13 @@ def worker(args) -> list[dict]:
                    args.channels_last)
 
 
+def sweep_isas(args) -> list:
+    """The oneDNN caps of the CPU rows (None: uncapped)."""
+    if args.isas:
+        return [None if isa == "native" else isa for isa in args.isas.split(",")]
+    return list(ISAS) if args.isa_sweep else [None]
+
+
 def detection() -> str:
     """What `sde.training.precision` sees on this machine."""
     sys.path.insert(0, str(ROOT))
@@ -236,6 +243,9 @@ def parse(argv=None):
     p.add_argument("--isa-sweep", action="store_true",
                    help="also run the CPU rows with oneDNN capped at AVX2, AVX512_CORE and "
                         "AVX512_CORE_BF16 (what bf16 does on older CPUs)")
+    p.add_argument("--isas", default=None,
+                   help="the caps to sweep, comma-separated (native: uncapped); implies "
+                        "--isa-sweep")
     p.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, and cuda if present)")
     p.add_argument("--batch-sizes", default=None,
                    help="image batch sizes (default 1 on CPU, 32,128 on CUDA); "
@@ -257,6 +267,7 @@ def parse(argv=None):
         args.batch_sizes = args.batch_sizes or "2"
         args.cpu_bf16 = True
     args.models = args.models or "mlp,ddpm,ddpmpp,ncsnpp"
+    args.isa_sweep = args.isa_sweep or bool(args.isas)
     return args
 
 
@@ -276,7 +287,7 @@ def main(argv=None) -> None:
         print(detection(), flush=True)
     for device in devices:
         args.batch_sizes = sizes("1" if device == "cpu" else "32,128")
-        isas = list(ISAS) if device == "cpu" and args.isa_sweep else [None]
+        isas = sweep_isas(args) if device == "cpu" else [None]
         for isa in isas:
             if device == "cpu" and (args.cpu_bf16 or args.isa_sweep):
                 gemms[isa or "native"] = run_cpu_isolated("gemm", args, isa=isa)[0]
