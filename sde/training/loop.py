@@ -188,8 +188,9 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     precision = resolve_precision(s.precision, dev)  # auto / fallback: sde/training/precision.py
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("training %s (%.2fM parameters) on %s x %d, global batch %d, steps %d -> %d",
-             type(model).__name__, n_params / 1e6, dev, info.world, s.batch_size, start, s.steps)
+    log.info("training %s (%.2fM parameters) on %s x %d, global batch %d, steps %d -> %d, %s",
+             type(model).__name__, n_params / 1e6, dev, info.world, s.batch_size, start, s.steps,
+             precision)
 
     def save(step: int) -> None:
         if info.is_main:

@@ -1,10 +1,11 @@
 """`trainer.precision`: fp32, bf16 autocast, or `auto`, resolved against what the device can do.
 
-bf16 autocast only pays where the hardware multiplies bf16 natively. Without bf16 units the
-kernels convert and emulate: on this project's AMX machine, with oneDNN capped at the instruction
-set of older CPUs (`ONEDNN_MAX_CPU_ISA`), a 1024^2 bf16 matrix product on 2 threads runs at
-0.9 GFLOP/s capped to AVX2 and 74 GFLOP/s capped to AVX-512 (no BF16), against ~335 GFLOP/s in
-fp32; with AMX it runs at ~1400 (`benchmarks/bench_models.py --isa-sweep` measures the networks).
+bf16 autocast only pays where the hardware multiplies bf16 fast. On this project's AMX machine,
+with oneDNN capped (`ONEDNN_MAX_CPU_ISA`) at the instruction sets of older CPUs, a 1024^2 bf16
+matrix product runs at 0.9 GFLOP/s capped to AVX2, 38 capped to AVX-512 without BF16 and 108
+capped to AVX512_BF16, against ~160 in fp32 and ~1100-1400 in bf16 with AMX (1 thread); DDPM++'s
+forward+backward runs 0.1x, 0.4x, 0.7x and 1.1-1.4x as fast in bf16 as in fp32 there
+(`benchmarks/bench_models.py --quick --isa-sweep --threads 1 --clock process`).
 
 Detection, per device type:
 - CUDA: `torch.cuda.is_bf16_supported(including_emulation=False)` (compute capability >= 8,
@@ -21,9 +22,10 @@ Detection, per device type:
 A CPU's bf16 is one of three kinds (`cpu_bf16_kind`):
 - "amx": AMX-BF16 tiles (Intel Sapphire Rapids and later) -- bf16 is faster; `auto` picks it;
 - "native": bf16 dot products (AVX512_BF16: Cooper Lake, AMD Zen 4/5; Arm's BF16 extension:
-  Graviton 3/4, Neoverse V1/V2/N2, Apple M2+) -- roughly as fast as fp32; `auto` keeps fp32,
-  `bf16` is honoured;
-- "emulated": none of these (AVX2-only and AVX-512 CPUs before Cooper Lake, older Arm cores) --
+  Graviton 3/4, Neoverse V1/V2/N2, Apple M2+) -- no faster than fp32 (0.7-1.0x measured under
+  the AVX512_BF16 cap; Arm not measured); `auto` keeps fp32, `bf16` is honoured;
+- "emulated": none of these (AVX2 only: Intel desktop and laptop CPUs, Haswell to Comet Lake and
+  Alder Lake on, AMD Zen 1-3; AVX-512 without BF16: Skylake-SP, Cascade Lake, Ice Lake; older Arm) --
   `bf16` falls back to fp32 with one warning, unless forced with `bf16_force`.
 """
 
