@@ -10,14 +10,14 @@ belongs to that model (it includes the ~0.3 GiB of the torch runtime). On CUDA e
 eager and compiled (`torch.compile`), in float32 and in bf16 autocast, and peak memory is
 `torch.cuda.max_memory_allocated` above what was allocated before the step.
 
-bf16 on CPU (`--cpu-bf16`) adds bf16-autocast rows and a table of the fp32 / bf16 time ratio,
-headed by what `sde.training.precision` detects (the CPU's bf16 kind and what
+On CPU, bf16-autocast rows come too (`--no-cpu-bf16` drops them), with a table of the fp32 / bf16
+time ratio, headed by what `sde.training.precision` detects (the CPU's bf16 kind and what
 `trainer.precision=auto` picks) and a 1024^2 matrix product's GFLOP/s in both dtypes.
 `--isa-sweep` repeats the CPU runs with oneDNN capped (`ONEDNN_MAX_CPU_ISA`) at the instruction
 sets of older CPUs, which on an AMX machine shows what bf16 does on each generation:
 
-    python benchmarks/bench_models.py --quick --isa-sweep --threads 2     # tiny networks, ~2 min
-    python benchmarks/bench_models.py --cpu-bf16 --batch-sizes 1,8        # the released networks
+    python benchmarks/bench_models.py --quick --isa-sweep --threads 1 --clock process  # ~1 min
+    python benchmarks/bench_models.py --batch-sizes 1,8    # the released networks, this CPU
 
 The cap restricts oneDNN (convolutions, bf16 matrix products) but not MKL's fp32 matrix
 products, nor torch's check of the CPU flags; on a real AVX2-only CPU torch sends bf16 matrix
@@ -255,7 +255,8 @@ def parse(argv=None):
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or the process's CPU time (with --threads 1: the compute "
                         "a step costs, whatever else the machine runs)")
-    p.add_argument("--cpu-bf16", action="store_true", help="also bf16 autocast on CPU")
+    p.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="also bf16 autocast on CPU, and the fp32 / bf16 ratio table (default on)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

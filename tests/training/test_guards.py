@@ -4,6 +4,8 @@ autocast, and DDP's `all_mean` averages over 2 gloo processes."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -112,14 +114,17 @@ class _AutocastProbe(MLP):
     ("auto", "amx", torch.bfloat16), ("auto", "native", torch.float32),
     ("fp32", "amx", torch.float32), ("bf16", "emulated", torch.float32),
     ("bf16_force", "emulated", torch.bfloat16)])
-def test_precision_bf16_runs_the_network_under_autocast(tmp_path, monkeypatch, requested, kind,
-                                                        runs_in):
+def test_precision_bf16_runs_the_network_under_autocast(tmp_path, monkeypatch, caplog, requested,
+                                                        kind, runs_in):
     monkeypatch.setattr(precision, "cpu_bf16_kind", lambda: kind)
     torch.manual_seed(0)
     model = _AutocastProbe(dim=2, hidden=16, num_layers=1, emb_dim=8)
-    last = _fit(model, tmp_path, steps=2, precision=requested)
+    with caplog.at_level(logging.WARNING, logger="sde.train"):
+        last = _fit(model, tmp_path, steps=2, precision=requested)
     assert len(model.seen) == 2 and torch.isfinite(torch.tensor(last["loss"]))
     assert model.seen == [(runs_in == torch.bfloat16, runs_in)] * 2
+    fell_back = requested == "bf16" and runs_in == torch.float32
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == fell_back
 
 
 def _all_mean_worker(rank: int, world: int, store: str, out: str) -> None:
