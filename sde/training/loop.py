@@ -155,6 +155,7 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     s, dev, run_dir = settings, info.device, Path(run_dir)
     logger = logger or NullLogger()
     bs = per_rank_batch(s.batch_size, info.world)
+    precision = resolve_precision(s.precision, dev)  # auto / fallback: sde/training/precision.py
     model = model.to(dev)
     if s.channels_last and len(data.shape) == 3:
         model = model.to(memory_format=torch.channels_last)
@@ -185,7 +186,6 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     score_fn = get_score_fn(sde, train_model)
     metrics = MetricsFile(run_dir, enabled=info.is_main)
     metrics.truncate(start)
-    precision = resolve_precision(s.precision, dev)  # auto / fallback: sde/training/precision.py
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training %s (%.2fM parameters) on %s x %d, global batch %d, steps %d -> %d, %s",
