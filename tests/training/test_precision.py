@@ -118,3 +118,12 @@ class _Null:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.gpu
+def test_real_gpu_auto_follows_the_compute_capability():
+    device = torch.device("cuda", 0)
+    major, _ = torch.cuda.get_device_capability(device)
+    expected = "bf16" if major >= 8 or torch.version.hip else "fp32"
+    assert resolve_precision("auto", device) == expected
+    assert resolve_precision("bf16", device) == expected
