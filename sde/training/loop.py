@@ -24,6 +24,7 @@ from sde.training import checkpoint as ckpt_lib
 from sde.training.distributed import DistInfo, all_mean, barrier, per_rank_batch
 from sde.training.ema import EMA
 from sde.training.logging import MetricsFile, NullLogger
+from sde.training.precision import resolve_precision
 from sde.training.samples import draw_samples, save_samples
 
 log = logging.getLogger("sde.train")
@@ -154,6 +155,7 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     s, dev, run_dir = settings, info.device, Path(run_dir)
     logger = logger or NullLogger()
     bs = per_rank_batch(s.batch_size, info.world)
+    precision = resolve_precision(s.precision, dev)  # auto / fallback: sde/training/precision.py
     model = model.to(dev)
     if s.channels_last and len(data.shape) == 3:
         model = model.to(memory_format=torch.channels_last)
@@ -184,12 +186,11 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     score_fn = get_score_fn(sde, train_model)
     metrics = MetricsFile(run_dir, enabled=info.is_main)
     metrics.truncate(start)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=s.precision == "bf16")
-    if s.precision not in ("fp32", "bf16"):
-        raise ValueError(f"trainer.precision must be fp32 or bf16, got {s.precision!r}")
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("training %s (%.2fM parameters) on %s x %d, global batch %d, steps %d -> %d",
-             type(model).__name__, n_params / 1e6, dev, info.world, s.batch_size, start, s.steps)
+    log.info("training %s (%.2fM parameters) on %s x %d, global batch %d, steps %d -> %d, %s",
+             type(model).__name__, n_params / 1e6, dev, info.world, s.batch_size, start, s.steps,
+             precision)
 
     def save(step: int) -> None:
         if info.is_main:
