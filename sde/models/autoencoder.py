@@ -317,7 +317,7 @@ def _init_discriminator(module: nn.Module) -> None:
 def psnr(x: torch.Tensor, x_rec: torch.Tensor, *, data_range: float = 2.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image in dB: 10 log10(range^2 / MSE); (B,)."""
     mse = (x - x_rec).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(data_range ** 2 / mse) if mse.numel() else mse
+    return 10.0 * torch.log10(data_range ** 2 / mse)
 
 
 __all__ = ["AutoencoderKL", "DiagonalGaussian", "Encoder", "Decoder", "PatchDiscriminator",
