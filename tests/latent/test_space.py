@@ -75,3 +75,21 @@ def test_posterior_samples_are_seeded():
     a = space.encode(x, generator=torch.Generator().manual_seed(5))
     b = space.encode(x, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and not torch.equal(a, space.autoencoder.encode(x).mean)
+
+
+def test_a_score_sde_samples_in_latent_space_and_decodes():
+    """Latents N(0, I) stay N(0, I) under the VPSDE, so score(z, t) = -z exactly: pc_sample on
+    the latent shape must return unit-variance latents, which decode to images."""
+    from sde import VPSDE
+    from sde.sampling import pc_sample
+
+    space = _space(scale_factor=1.0)
+    shape = space.latent_shape((64, 1, 8, 8))
+    assert shape == (64, 2, 4, 4)
+    z, _ = pc_sample(VPSDE(N=200), lambda z, t: -z, shape, corrector="none",
+                     generator=torch.Generator().manual_seed(0))
+    assert z.shape == shape
+    assert z.mean().item() == pytest.approx(0.0, abs=0.06)  # 2048 draws: se 0.022
+    assert z.std().item() == pytest.approx(1.0, abs=0.06)
+    with torch.no_grad():
+        assert space.decode(z).shape == (64, 1, 8, 8)
