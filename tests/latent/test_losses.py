@@ -106,3 +106,26 @@ def test_lpips_reads_a_state_dict_in_the_lpips_layout(tmp_path):
     torch.save({"lin0.model.1.weight": state["lin0.model.1.weight"]}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not an LPIPS"):
         load_lpips(tmp_path / "bad.pth")
+
+
+def test_autoencoder_step_updates_the_discriminator_only_from_its_start():
+    from sde.latent.steps import ae_parameters, autoencoder_step
+    from sde.models.autoencoder import PatchDiscriminator
+
+    torch.manual_seed(0)
+    ae = AutoencoderKL(ch=4, ch_mult=(1, 2), num_res_blocks=1, z_channels=2, num_groups=2,
+                       in_channels=1)
+    disc = PatchDiscriminator(in_channels=1, ndf=4, n_layers=1)
+    loss_fn = AutoencoderLoss(discriminator=disc, disc_start=2)
+    opt_ae = torch.optim.SGD(ae_parameters(ae, loss_fn), lr=1e-3)
+    opt_disc = torch.optim.SGD(disc.parameters(), lr=1e-1)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    weights = lambda: [p.detach().clone() for p in disc.parameters()]  # noqa: E731
+    start = weights()
+    for step in range(2):
+        logs = autoencoder_step(ae, loss_fn, x, step, opt_ae=opt_ae, opt_disc=opt_disc)
+        assert "d_loss" not in logs
+    assert all(torch.equal(a, b) for a, b in zip(start, weights()))
+    logs = autoencoder_step(ae, loss_fn, x, 2, opt_ae=opt_ae, opt_disc=opt_disc)
+    assert "d_loss" in logs and "g_loss" in logs
+    assert not all(torch.equal(a, b) for a, b in zip(start, weights()))
