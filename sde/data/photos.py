@@ -2,9 +2,11 @@
 RGB photos at hand offline for tests and demos.
 
 `china.jpg` and `flower.jpg` (427 x 640, uint8) are optionally downscaled by `scale`, then cut
-into non-overlapping `size` x `size` patches on a grid. The split is spatial, hence leak-free
-and deterministic: the grid columns in the right-most `test_fraction` of each photo are the
-held-out patches, the others the training patches.
+into non-overlapping `size` x `size` patches on a grid (row-major, china first). The split is
+deterministic and no two patches share a pixel: a fixed permutation (seed 0) of all patches
+holds out round(test_fraction N) of them (kept in grid order), the rest are the training set.
+A random rather than a spatial split keeps both sets alike: the right edges of both photos
+are mostly flat sky and blurred background.
 """
 
 from __future__ import annotations
@@ -43,17 +45,24 @@ def sample_photos(scale: float = 1.0) -> list[np.ndarray]:
     return photos
 
 
-def _grid(photo: np.ndarray, size: int, train: bool | None, test_fraction: float) -> np.ndarray:
-    """Non-overlapping patches (n, size, size, 3) of one photo, row-major, from one split."""
+def _grid(photo: np.ndarray, size: int) -> np.ndarray:
+    """Non-overlapping patches (n, size, size, 3) of one photo, row-major."""
     rows, cols = photo.shape[0] // size, photo.shape[1] // size
-    n_test = max(1, round(cols * test_fraction))
-    if rows < 1 or cols - n_test < 1:
+    if rows < 1 or cols < 1:
         raise ValueError(f"size={size} is too large for a {photo.shape[0]}x{photo.shape[1]} "
-                         "photo with a train/test split (lower size or raise scale)")
-    keep = range(cols) if train is None else range(cols - n_test) if train else \
-        range(cols - n_test, cols)
+                         "photo (lower size or raise scale)")
     return np.stack([photo[r * size:(r + 1) * size, c * size:(c + 1) * size]
-                     for r in range(rows) for c in keep])
+                     for r in range(rows) for c in range(cols)])
+
+
+def split_indices(n: int, test_fraction: float, *, train: bool) -> np.ndarray:
+    """Sorted indices of the training or held-out patches among `n` (permutation, seed 0)."""
+    n_test = round(n * test_fraction)
+    if not 0 < n_test < n:
+        raise ValueError(f"{n} patches cannot be split with test_fraction={test_fraction} "
+                         "(lower size or change test_fraction)")
+    order = np.random.default_rng(0).permutation(n)
+    return np.sort(order[n_test:] if train else order[:n_test])
 
 
 def photo_patches(*, size: int = 32, train: bool | None = True, scale: float = 1.0,
@@ -63,5 +72,7 @@ def photo_patches(*, size: int = 32, train: bool | None = True, scale: float = 1
     if size < 1 or not 0 < test_fraction < 1:
         raise ValueError(f"need size >= 1 and 0 < test_fraction < 1, got size={size}, "
                          f"test_fraction={test_fraction}")
-    patches = np.concatenate([_grid(p, size, train, test_fraction) for p in sample_photos(scale)])
+    patches = np.concatenate([_grid(p, size) for p in sample_photos(scale)])
+    if train is not None:
+        patches = patches[split_indices(len(patches), test_fraction, train=train)]
     return torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous()
