@@ -10,7 +10,7 @@ from sde.models.sd_vae import CONFIG, WEIGHTS, load_sd_vae
 CONFIGS = [  # small random configs: f = 2, 4, 8; shortcut convs; with and without quant convs
     dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4),
     dict(block_out_channels=(8, 16, 16), layers_per_block=2, latent_channels=3, norm_num_groups=8,
-         in_channels=1, out_channels=1),
+         in_channels=1, out_channels=1, mid_block_add_attention=False),
     dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4,
          norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False),
 ]
@@ -30,7 +30,7 @@ def _diffusers_vae(tmp_path, config, seed=0):
     return vae
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["f2", "f4_gray", "f8_noquant"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["f2", "f4_gray_noattn", "f8_noquant"])
 def test_matches_diffusers_encode_and_decode(tmp_path, config):
     vae = _diffusers_vae(tmp_path, config)
     ours = load_sd_vae(tmp_path)
