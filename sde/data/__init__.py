@@ -117,7 +117,7 @@ def check_finite(data: torch.Tensor, where: str) -> None:
     bad = (~torch.isfinite(data.reshape(len(data), -1))).any(1).nonzero().flatten()
     if len(bad):
         raise DataError(f"{where}: row {int(bad[0])} holds NaN or Inf ({len(bad)} of "
-                        f"{len(data)} rows do); remove or repair those rows")
+                        f"{len(data)} rows do, as float32); remove or repair those rows")
 
 
 def check_model_input(model: torch.nn.Module, shape) -> None:
@@ -128,8 +128,10 @@ def check_model_input(model: torch.nn.Module, shape) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(x, torch.full((1,), 0.5, device=x.device))
-    except RuntimeError as e:
+            labels = None if getattr(model, "num_classes", None) is None else \
+                torch.zeros(1, dtype=torch.long, device=x.device)
+            model(x, torch.full((1,), 0.5, device=x.device), labels)
+    except (RuntimeError, ValueError) as e:
         raise DataError(f"the network does not take data shaped {list(shape)} (data.shape): "
                         f"{str(e).splitlines()[0]}. Match the model to the data (model."
                         "in_channels / model.image_size / model.dim) or pick other data") from None

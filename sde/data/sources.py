@@ -258,7 +258,7 @@ def _load_image(image, size: int | None) -> np.ndarray:
         s = min(w, h)
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
         image = image.crop(box).resize((size, size), resample=3)  # 3 = BICUBIC
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)  # a writable copy
     return array.transpose(2, 0, 1) if array.ndim == 3 else array
 
 
@@ -299,4 +299,5 @@ def _real_array(array: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where} has dtype {array.dtype}, not a number; store a float array")
     if array.ndim < 2:
         raise DataError(f"{where}: expected an array (N, ...) of N examples, got {array.shape}")
-    return np.asarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # |x| > 3.4e38 becomes inf: `check_finite` names the row
+        return np.asarray(array, dtype=np.float32)
