@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from sde.data import DataError, Dataset, check_model_input, load_source, sources
-from tests.data.conftest import write_cifar, write_png_folder
+
+from .conftest import write_cifar, write_png_folder
 
 
 class _RunsCode:

@@ -9,7 +9,8 @@ import torch
 
 from sde.data import Dataset, step_indices
 from sde.data.stream import StreamingDataset
-from tests.data.conftest import write_cifar, write_png_folder
+
+from .conftest import write_cifar, write_png_folder
 
 
 def folder_data(root, **options):

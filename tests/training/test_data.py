@@ -153,13 +153,15 @@ def test_training_refuses_data_the_network_cannot_take_before_writing(tmp_path):
 
 def test_streaming_folder_trains_and_resumes_bit_identically(tmp_path):
     """Two steps, then two more after a resume, equal four uninterrupted steps."""
+    from PIL import Image
+
     from sde.train import run
 
     from .conftest import FAST, TINY, compose_train
 
-    from tests.data.conftest import write_png_folder
-
-    write_png_folder(tmp_path / "im", 12, h=8, w=8)
+    (tmp_path / "im").mkdir()
+    for k, a in enumerate(np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), np.uint8)):
+        Image.fromarray(a).save(tmp_path / "im" / f"{k:02d}.png")
     base = ["experiment=vp_digits", "data=folder", f"data.root={tmp_path / 'im'}",
             "data.size=8", "data.shape=[3,8,8]", "data.workers=0", "model=ddpmpp",
             *TINY["ddpmpp"], "model.image_size=8", "model.in_channels=3", *FAST,
