@@ -120,21 +120,36 @@ def check_finite(data: torch.Tensor, where: str) -> None:
                         f"{len(data)} rows do, as float32); remove or repair those rows")
 
 
+def _declared_input(model: torch.nn.Module) -> tuple | None:
+    """The example shape a network declares: (in_channels, image_size, image_size) for the
+    U-Nets, (dim,) for the MLP; None if it declares none."""
+    if hasattr(model, "in_channels") and hasattr(model, "image_size"):
+        return (int(model.in_channels), int(model.image_size), int(model.image_size))
+    if hasattr(model, "dim"):
+        return (int(model.dim),)
+    return None
+
+
 def check_model_input(model: torch.nn.Module, shape) -> None:
-    """Run `model` once on zeros shaped like one example; a clear error if the network does not
-    take data of this shape (e.g. 1-channel data into a 3-channel network)."""
+    """A clear error if the network does not take examples of `shape` (e.g. 1-channel data into
+    a 3-channel network): checked against the shape it declares, else by one forward pass on
+    zeros."""
+    declared, fix = _declared_input(model), ("Match the model to the data (model.in_channels /"
+                                             " model.image_size / model.dim) or pick other data")
+    if declared is not None:
+        if tuple(shape) != declared:
+            raise DataError(f"the network takes examples shaped {list(declared)}, but the data "
+                            f"is shaped {list(shape)} (data.shape). {fix}")
+        return
     x = torch.zeros(1, *shape, device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            labels = None if getattr(model, "num_classes", None) is None else \
-                torch.zeros(1, dtype=torch.long, device=x.device)
-            model(x, torch.full((1,), 0.5, device=x.device), labels)
+            model(x, torch.full((1,), 0.5, device=x.device))
     except (RuntimeError, ValueError) as e:
         raise DataError(f"the network does not take data shaped {list(shape)} (data.shape): "
-                        f"{str(e).splitlines()[0]}. Match the model to the data (model."
-                        "in_channels / model.image_size / model.dim) or pick other data") from None
+                        f"{str(e).splitlines()[0]}. {fix}") from None
     finally:
         model.train(was_training)
 

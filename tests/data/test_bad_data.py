@@ -156,9 +156,25 @@ def test_channel_mismatch_with_the_network_is_one_clear_error():
     model = DDPM(image_size=8, in_channels=3, nf=8, ch_mult=[1, 2], num_res_blocks=1,
                  attn_resolutions=[4], num_groups=4)
     check_model_input(model, (3, 8, 8))
-    assert model.training  # the mode is restored
-    with pytest.raises(DataError, match=r"data shaped \[1, 8, 8\] \(data.shape\).*in_channels"):
+    with pytest.raises(DataError, match=r"takes examples shaped \[3, 8, 8\], but the data is "
+                       r"shaped \[1, 8, 8\] \(data.shape\).*model.in_channels"):
         check_model_input(model, (1, 8, 8))
-    with pytest.raises(DataError, match=r"data shaped \[5\]"):
-        check_model_input(model, (5,))
-    assert torch.is_grad_enabled()
+    with pytest.raises(DataError, match=r"shaped \[3, 16, 16\] \(data.shape\)"):
+        check_model_input(model, (3, 16, 16))
+
+
+def test_channel_mismatch_of_an_undeclared_network_found_by_one_forward():
+    class Net(torch.nn.Module):  # declares no input shape
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, t):
+            return self.conv(x)
+
+    net = Net()
+    check_model_input(net, (3, 4, 4))
+    assert net.training  # the mode is restored
+    with pytest.raises(DataError, match=r"does not take data shaped \[1, 4, 4\].*channels"):
+        check_model_input(net, (1, 4, 4))
+    assert net.training and torch.is_grad_enabled()

@@ -146,7 +146,8 @@ def test_training_refuses_data_the_network_cannot_take_before_writing(tmp_path):
 
     cfg = compose_train(["experiment=vp_toy", "data=digits", "trainer.steps=2", *FAST,
                          *TINY["mlp"]])
-    with pytest.raises(DataError, match=r"data shaped \[1, 8, 8\] \(data.shape\).*model.dim"):
+    with pytest.raises(DataError, match=r"takes examples shaped \[2\], but the data is "
+                       r"shaped \[1, 8, 8\].*model.dim"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
