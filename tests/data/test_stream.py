@@ -119,3 +119,20 @@ def test_image_of_another_size_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"odd.png is 5x7.*data.size"):
         for k in range(3):
             data.batch(k, 4, seed=0)
+
+
+def test_streaming_decodes_only_the_batches_asked_for(png_folder, monkeypatch):
+    """Memory cannot grow with the folder: nothing is decoded up front, a batch decodes its own
+    examples only (workers=0 keeps the count in this process)."""
+    from sde.data import sources
+
+    root, _ = png_folder
+    reads = []
+    real = sources.read_image
+    monkeypatch.setattr(sources, "read_image", lambda path, **kw: reads.append(path) or
+                        real(path, **kw))
+    data = folder_data(root, size=6)
+    assert reads == []  # data.size given: not even the first image is read
+    data.batch(0, 4, seed=0)
+    data.batch(1, 4, seed=0)
+    assert len(reads) == 8
