@@ -148,20 +148,33 @@ class Loader:
         self.iterator, self.position = None, None
 
     def next(self, examples, transform, indices, step: int, key: tuple):
-        if self.iterator is None or self.position != (key, step):
-            self.close()
-            batch_size, seed, rank, world = key
-            loader = tud.DataLoader(
-                StepBatches(examples, transform, seed=seed, rank=rank),
-                sampler=StepSampler(lambda k: indices(k, batch_size, seed=seed, rank=rank,
-                                                      world=world), step),
-                batch_size=None, collate_fn=_keep, num_workers=self.workers,
-                pin_memory=self.pin_memory,
-                prefetch_factor=self.prefetch if self.workers else None)
-            self.iterator = iter(loader)
-        item = next(self.iterator)
+        """The StepBatches item of `step` for `key`; workers that died (a signal sent to the
+        whole process group on shutdown) are restarted once."""
+        for attempt in (0, 1):
+            if self.iterator is None or self.position != (key, step):
+                self.start(examples, transform, indices, step, key)
+            try:
+                item = next(self.iterator)
+                break
+            except RuntimeError as e:
+                self.close()
+                if attempt or "DataLoader worker" not in str(e):
+                    raise
+                log.warning("restarting the data loader: %s", str(e).splitlines()[0])
         self.position = (key, step + 1)
         return item
+
+    def start(self, examples, transform, indices, step: int, key: tuple) -> None:
+        """A new iterator whose first item is the batch of `step`."""
+        self.close()
+        batch_size, seed, rank, world = key
+        loader = tud.DataLoader(
+            StepBatches(examples, transform, seed=seed, rank=rank),
+            sampler=StepSampler(lambda k: indices(k, batch_size, seed=seed, rank=rank,
+                                                  world=world), step),
+            batch_size=None, collate_fn=_keep, num_workers=self.workers,
+            pin_memory=self.pin_memory, prefetch_factor=self.prefetch if self.workers else None)
+        self.iterator, self.position = iter(loader), (key, step)
 
     def close(self) -> None:
         """Stop the worker processes (they restart on the next request)."""

@@ -136,3 +136,20 @@ def test_streaming_decodes_only_the_batches_asked_for(png_folder, monkeypatch):
     data.batch(0, 4, seed=0)
     data.batch(1, 4, seed=0)
     assert len(reads) == 8
+
+
+def test_a_killed_worker_is_restarted_at_the_same_step(png_folder):
+    """A shutdown signal to the process group kills the workers; the final evaluation and
+    checkpoint of the loop still get their batches."""
+    import os
+    import signal
+
+    root, _ = png_folder
+    data, fresh = folder_data(root, workers=1), folder_data(root, workers=0)
+    data.batch(0, 4, seed=0)
+    for worker in data.loader.iterator._workers:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join()
+    torch.testing.assert_close(data.batch(1, 4, seed=0), fresh.batch(1, 4, seed=0),
+                               rtol=0, atol=0)
+    data.loader.close()
