@@ -141,9 +141,10 @@ class Loader:
     (batch_size, seed, rank, world); rebuilt at a step or key it is not at."""
 
     def __init__(self, *, workers: int, prefetch: int, pin_memory: bool):
-        if workers < 0 or prefetch < 1:
-            raise ValueError(f"data.workers must be >= 0 and data.prefetch >= 1, got {workers} "
-                             f"and {prefetch}")
+        for key, value, least in (("workers", workers, 0), ("prefetch", prefetch, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise sources.DataError(f"data.{key} must be an integer >= {least}, got "
+                                        f"{value!r}")
         self.workers, self.prefetch, self.pin_memory = workers, prefetch, pin_memory
         self.iterator, self.position = None, None
 
@@ -197,6 +198,9 @@ class StreamingDataset(Dataset):
                  workers: int = 0, prefetch: int = 2, pin_memory: bool | None = None,
                  root=None, size: int | None = None, channels: int = 3, train: bool = True):
         self._set_transforms(name, levels, centered, random_flip, dequantize)
+        if not isinstance(stream, bool | None) or not isinstance(pin_memory, bool | None):
+            raise sources.DataError(f"data.stream and data.pin_memory must be true, false or "
+                                    f"null, got {stream!r} and {pin_memory!r}")
         if root is None:
             raise ValueError(f"data={name} needs data.root=FOLDER")
         if name == "folder":

@@ -153,3 +153,11 @@ def test_a_killed_worker_is_restarted_at_the_same_step(png_folder):
     torch.testing.assert_close(data.batch(1, 4, seed=0), fresh.batch(1, 4, seed=0),
                                rtol=0, atol=0)
     data.loader.close()
+
+
+@pytest.mark.parametrize("option", [{"workers": -1}, {"workers": "abc"}, {"prefetch": 0},
+                                    {"workers": 1.5}, {"stream": "yes"}, {"pin_memory": 2}])
+def test_loader_options_are_validated_with_the_key(png_folder, option):
+    root, _ = png_folder
+    with pytest.raises(ValueError, match=f"data.*{next(iter(option))}"):
+        folder_data(root, **option)
