@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import os
 import pickle
 import tarfile
 import zipfile
@@ -168,21 +169,55 @@ def cifar10(root: str | Path, *, train: bool = True) -> torch.Tensor:
 
 
 # --- image folders -----------------------------------------------------------------------------
-def image_files(root: str | Path) -> list[Path]:
-    """The image files under `root` (recursively), sorted."""
+def image_names(root: str | Path) -> list[str]:
+    """The image files under `root` (recursively) as relative POSIX names, in the order of
+    their paths (that of `sorted(Path, ...)`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"no images: the folder {root} does not exist; set data.root "
                                 "to a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and p.is_file())
-    if not files:
+    names = []
+    for folder, _, files in os.walk(root, followlinks=True):
+        prefix = os.path.relpath(folder, root).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+        names += [prefix + f for f in files if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+    if not names:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}; "
                                 "set data.root to a folder of images")
-    return files
+    return sorted(names, key=lambda name: name.split("/"))
 
 
-def files_fingerprint(root: Path, files: list[Path]) -> str:
+def image_files(root: str | Path) -> list[Path]:
+    """The image files under `root` (recursively), sorted."""
+    root = Path(root).expanduser()
+    return [root / name for name in image_names(root)]
+
+
+class FileList:
+    """Many relative file names in two arrays (one byte string and its offsets), not a list of
+    Python strings: about (name length + 8) bytes a file, and nothing that DataLoader workers
+    copy on access."""
+
+    def __init__(self, root: Path, names: list[str]):
+        encoded = [n.encode() for n in names]
+        self.root = root
+        self.offsets = np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64)
+        self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def name(self, i: int) -> str:
+        return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
+
+    def __getitem__(self, i: int) -> Path:
+        return self.root / self.name(i)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def files_fingerprint(root: Path, files) -> str:
     """A cheap hash of a file list: relative names and sizes."""
     h = hashlib.blake2b(digest_size=16)
     for f in files:

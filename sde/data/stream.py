@@ -34,7 +34,7 @@ class ImageFiles:
         self.root = Path(root).expanduser()
         sources.image_mode(channels)
         self.size, self.channels = size, channels
-        self.files = sources.image_files(self.root)
+        self.files = sources.FileList(self.root, sources.image_names(self.root))
         self.shape = self._first_shape()
 
     def _first_shape(self) -> tuple[int, ...]:

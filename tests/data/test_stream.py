@@ -161,3 +161,17 @@ def test_loader_options_are_validated_with_the_key(png_folder, option):
     root, _ = png_folder
     with pytest.raises(ValueError, match=f"data.*{next(iter(option))}"):
         folder_data(root, **option)
+
+
+def test_file_order_is_that_of_sorted_paths(tmp_path):
+    """The order (hence the batches of runs made before streaming) is `sorted(Path)`'s."""
+    from sde.data import sources
+
+    for name in ("a/x.png", "a b/x.png", "a-b.png", "a.png", "A/z.JPG", "a/b/c.webp", "t.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    expected = sorted(p for p in tmp_path.rglob("*") if p.suffix.lower() in
+                      sources.IMAGE_SUFFIXES)
+    assert sources.image_files(tmp_path) == expected
+    files = sources.FileList(tmp_path, sources.image_names(tmp_path))
+    assert list(files) == expected and len(files) == 6
