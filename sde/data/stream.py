@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,8 @@ class Loader:
     """A DataLoader iterator over StepBatches, positioned at the next step of one key
     (batch_size, seed, rank, world); rebuilt at a step or key it is not at."""
 
-    def __init__(self, *, workers: int, prefetch: int, pin_memory: bool):
+    def __init__(self, *, workers: int | None, prefetch: int, pin_memory: bool):
+        workers = _default_workers() if workers is None else workers
         for key, value, least in (("workers", workers, 0), ("prefetch", prefetch, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise sources.DataError(f"data.{key} must be an integer >= {least}, got "
@@ -184,6 +186,12 @@ class Loader:
         self.iterator, self.position = None, None
 
 
+def _default_workers() -> int:
+    """`data.workers: null`: one worker per usable CPU, at most 4."""
+    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
 def _default_pin_memory(pin_memory: bool | None) -> bool:
     return torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
 
@@ -195,7 +203,7 @@ class StreamingDataset(Dataset):
 
     def __init__(self, name: str, shape=None, *, levels: int | None = None, centered: bool = True,
                  random_flip: bool = False, dequantize: bool = False, stream: bool | None = None,
-                 workers: int = 0, prefetch: int = 2, pin_memory: bool | None = None,
+                 workers: int | None = 0, prefetch: int = 2, pin_memory: bool | None = None,
                  root=None, size: int | None = None, channels: int = 3, train: bool = True):
         self._set_transforms(name, levels, centered, random_flip, dequantize)
         if not isinstance(stream, bool | None) or not isinstance(pin_memory, bool | None):

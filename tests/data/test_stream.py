@@ -175,3 +175,13 @@ def test_file_order_is_that_of_sorted_paths(tmp_path):
     assert sources.image_files(tmp_path) == expected
     files = sources.FileList(tmp_path, sources.image_names(tmp_path))
     assert list(files) == expected and len(files) == 6
+
+
+def test_workers_null_is_one_per_cpu_at_most_four(png_folder, monkeypatch):
+    import os
+
+    root, _ = png_folder
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert folder_data(root, workers=None).loader.workers == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert folder_data(root, workers=None).loader.workers == 4
