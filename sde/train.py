@@ -54,7 +54,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
     """Train the experiment `cfg` into `run_dir` (resuming from its checkpoints if any)."""
     from hydra.utils import instantiate
 
-    from sde.data import Dataset
+    from sde.data import Dataset, check_model_input
     from sde.models import get_score_fn
     from sde.training.distributed import cleanup, init_distributed
     from sde.training.logging import attach_file_log, make_logger
@@ -68,6 +68,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
     sde = instantiate(cfg.sde)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = instantiate(cfg.model)
+    check_model_input(model, data.shape)  # data channels/size vs the network: one clear error
     loss_fn = instantiate(cfg.loss)
     score_options = OmegaConf.to_container(cfg.score, resolve=True)
     if info.is_main:

@@ -1,23 +1,34 @@
-"""Data: in-memory datasets, the training transforms and the scalers to model space.
+"""Data: datasets, the training transforms and the scalers to model space.
 
-A dataset is read whole into one tensor (uint8 images `(N, C, H, W)` or float `(N, ...)`);
 `Dataset.batch(step, ...)` returns the training batch of a step, a pure function of
-(seed, rank, step), so a resumed run sees the same batches as an uninterrupted one.
+(seed, rank, world, step), so a resumed run sees the same batches as an uninterrupted one.
+Small sets (digits, toy sets, npz) are read whole into one tensor (uint8 images `(N, C, H, W)`
+or float `(N, ...)`). Image folders and CIFAR-10 stream through a DataLoader by default
+(`sde.data.stream`, `data.stream: true`): `Dataset(...)` then builds a `StreamingDataset`, with
+the same interface and the same batches.
 
 Image data (`levels` set: 17 for the 8x8 digits, 256 for 8-bit images) is mapped to [0, 1] as
 x / (levels - 1), or with uniform dequantization as (x + u) / levels, u ~ U[0, 1); then to
 [-1, 1] when `centered`. Continuous data (`levels: null`: toy sets, `npz`) is used as is.
+Every dataset has a `fingerprint` (str) of its source, to tell a resume on other data.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
 
 import numpy as np
 import torch
 
 from sde.data import sources, toy
+from sde.data.sources import DataError
+
+log = logging.getLogger("sde.data")
 
 IMAGE_SOURCES = ("digits", "cifar10", "folder")
 CONTINUOUS_SOURCES = ("npz", *toy.TOY_SETS)
+STREAM_SOURCES = ("cifar10", "folder")
 
 
 def data_scalers(*, levels: int | None, centered: bool):
@@ -61,54 +72,150 @@ def step_generator(seed: int, rank: int, step: int, stream: int, device="cpu") -
     return torch.Generator(device).manual_seed(_seed(seed, rank, step, stream))
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, rank: int, epoch: int) -> torch.Tensor:
+    """The order of a rank's shard of n examples in one epoch, (n,)."""
+    return torch.randperm(n, generator=step_generator(seed, rank, epoch, 1))
+
+
+def step_indices(n: int, step: int, batch_size: int, *, seed: int, rank: int = 0,
+                 world: int = 1) -> torch.Tensor:
+    """Indices of the batch at `step` for `rank` among n examples: epochs of random
+    permutations of the rank's shard (examples rank, rank + world, ...), (batch_size,)."""
+    shard = torch.arange(rank, n, world)
+    if len(shard) == 0:
+        raise ValueError(f"{n} examples cannot be sharded over {world} processes")
+    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = positions // len(shard), positions % len(shard)
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        mask = epochs == epoch
+        out[mask] = shard[_epoch_permutation(len(shard), seed, rank, epoch)[offsets[mask]]]
+    return out
+
+
+def to_model_space(raw: torch.Tensor, generator=None, *, levels: int | None, centered: bool,
+                   random_flip: bool, dequantize: bool) -> torch.Tensor:
+    """Raw examples -> model space: flip, dequantize, scale (see the module docstring)."""
+    x = raw.float()
+    if levels is None:
+        return x
+    if random_flip:
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        x = torch.where(flip.reshape(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+    if dequantize:
+        x = (x + torch.rand(x.shape, generator=generator)) / levels
+    else:
+        x = x / (levels - 1)
+    return 2.0 * x - 1.0 if centered else x
+
+
+def check_finite(data: torch.Tensor, where: str) -> None:
+    """A `DataError` naming the first row of `data` that holds NaN or Inf."""
+    if not data.is_floating_point() or data.numel() == 0:
+        return
+    bad = (~torch.isfinite(data.reshape(len(data), -1))).any(1).nonzero().flatten()
+    if len(bad):
+        raise DataError(f"{where}: row {int(bad[0])} holds NaN or Inf ({len(bad)} of "
+                        f"{len(data)} rows do, as float32); remove or repair those rows")
+
+
+def _declared_input(model: torch.nn.Module) -> tuple | None:
+    """The example shape a network declares: (in_channels, image_size, image_size) for the
+    U-Nets, (dim,) for the MLP; None if it declares none."""
+    if hasattr(model, "in_channels") and hasattr(model, "image_size"):
+        return (int(model.in_channels), int(model.image_size), int(model.image_size))
+    if hasattr(model, "dim"):
+        return (int(model.dim),)
+    return None
+
+
+def check_model_input(model: torch.nn.Module, shape) -> None:
+    """A clear error if the network does not take examples of `shape` (e.g. 1-channel data into
+    a 3-channel network): checked against the shape it declares, else by one forward pass on
+    zeros."""
+    declared, fix = _declared_input(model), ("Match the model to the data (model.in_channels /"
+                                             " model.image_size / model.dim) or pick other data")
+    if declared is not None:
+        if tuple(shape) != declared:
+            raise DataError(f"the network takes examples shaped {list(declared)}, but the data "
+                            f"is shaped {list(shape)} (data.shape). {fix}")
+        return
+    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x, torch.full((1,), 0.5, device=x.device))
+    except (RuntimeError, ValueError) as e:
+        raise DataError(f"the network does not take data shaped {list(shape)} (data.shape): "
+                        f"{str(e).splitlines()[0]}. {fix}") from None
+    finally:
+        model.train(was_training)
+
+
 class Dataset:
-    """A dataset in memory with its training transforms; built from the `data` config section."""
+    """A dataset with its training transforms; built from the `data` config section.
+
+    In memory for small sets; for `folder` and `cifar10` with `stream` true (the default)
+    `Dataset(...)` returns a `StreamingDataset`."""
+
+    def __new__(cls, name: str = "", *args, stream: bool | None = None, **kwargs):
+        if cls is Dataset and name in STREAM_SOURCES and stream is not False:
+            from sde.data.stream import StreamingDataset
+
+            return super().__new__(StreamingDataset)
+        return super().__new__(cls)
 
     def __init__(self, name: str, shape=None, *, levels: int | None = None, centered: bool = True,
-                 random_flip: bool = False, dequantize: bool = False, **source_options):
+                 random_flip: bool = False, dequantize: bool = False, stream: bool | None = None,
+                 workers: int = 0, prefetch: int = 2, pin_memory: bool | None = None,
+                 **source_options):
+        self._set_transforms(name, levels, centered, random_flip, dequantize)
+        if stream:
+            raise DataError(f"data.stream applies to {list(STREAM_SOURCES)}; data={name} is "
+                            "read into memory (set data.stream=null)")
+        self.data = load_source(name, **source_options)
+        check_finite(self.data, f"data {name}" + (f" ({source_options['path']})"
+                                                  if source_options.get("path") else ""))
+        self._set_shape(tuple(self.data.shape[1:]), shape)
+        self.fingerprint = self._fingerprint(name, source_options)
+
+    def _set_transforms(self, name, levels, centered, random_flip, dequantize) -> None:
         self.name, self.levels, self.centered = name, levels, centered
         self.random_flip, self.dequantize = random_flip, dequantize
         if (random_flip or dequantize) and levels is None:
             raise ValueError(f"data={name} is continuous (levels: null): random_flip and "
                              "dequantize apply to images only")
-        self.data = load_source(name, **source_options)
-        if shape is not None and tuple(self.data.shape[1:]) != tuple(shape):
-            raise ValueError(f"data {name} has examples shaped {tuple(self.data.shape[1:])}, "
-                             f"but data.shape is {list(shape)}; fix data.shape (or set it null)")
-        self.shape = tuple(self.data.shape[1:])
         self.scaler, self.inverse_scaler = data_scalers(levels=levels, centered=centered)
+        self._transform = functools.partial(
+            to_model_space, levels=levels, centered=bool(centered) and levels is not None,
+            random_flip=random_flip, dequantize=dequantize)
+
+    def _set_shape(self, found: tuple, shape) -> None:
+        if shape is not None and tuple(found) != tuple(shape):
+            raise ValueError(f"data {self.name} has examples shaped {tuple(found)}, "
+                             f"but data.shape is {list(shape)}; fix data.shape (or set it null)")
+        self.shape = tuple(found)
+
+    def _fingerprint(self, name: str, source_options: dict) -> str:
+        if name == "folder":  # the same hash whether streamed or not
+            from pathlib import Path
+
+            root = Path(source_options["root"]).expanduser()
+            return sources.files_fingerprint(root, sources.image_files(root))
+        return sources.array_fingerprint(self.data)
 
     def __len__(self) -> int:
         return self.data.shape[0]
 
     def transform(self, raw: torch.Tensor, generator=None) -> torch.Tensor:
         """Raw examples -> model space: flip, dequantize, scale (see the module docstring)."""
-        if self.levels is None:
-            return raw.float()
-        x = raw.float()
-        if self.random_flip:
-            flip = torch.rand(x.shape[0], generator=generator) < 0.5
-            x = torch.where(flip.reshape(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
-        if self.dequantize:
-            x = (x + torch.rand(x.shape, generator=generator)) / self.levels
-        else:
-            x = x / (self.levels - 1)
-        return self.scaler(x)
+        return self._transform(raw, generator)
 
     def indices(self, step: int, batch_size: int, *, seed: int, rank: int = 0, world: int = 1):
-        """Indices of the batch at `step` for `rank`: epochs of random permutations of the
-        rank's shard (examples rank, rank + world, ...), (batch_size,)."""
-        shard = torch.arange(rank, len(self), world)
-        if len(shard) == 0:
-            raise ValueError(f"{len(self)} examples cannot be sharded over {world} processes")
-        positions = torch.arange(step * batch_size, (step + 1) * batch_size)
-        epochs, offsets = positions // len(shard), positions % len(shard)
-        out = torch.empty(batch_size, dtype=torch.long)
-        for epoch in epochs.unique().tolist():
-            perm = torch.randperm(len(shard), generator=step_generator(seed, rank, epoch, 1))
-            mask = epochs == epoch
-            out[mask] = shard[perm[offsets[mask]]]
-        return out
+        """Indices of the batch at `step` for `rank` (`step_indices`), (batch_size,)."""
+        return step_indices(len(self), step, batch_size, seed=seed, rank=rank, world=world)
 
     def batch(self, step: int, batch_size: int, *, seed: int, rank: int = 0, world: int = 1):
         """The model-space training batch of `step` for `rank`, (batch_size, *shape)."""
@@ -116,4 +223,5 @@ class Dataset:
         return self.transform(self.data[idx], step_generator(seed, rank, step, 2))
 
 
-__all__ = ["Dataset", "data_scalers", "load_source", "step_generator", "sources", "toy"]
+__all__ = ["Dataset", "DataError", "check_finite", "check_model_input", "data_scalers",
+           "load_source", "sources", "step_generator", "step_indices", "to_model_space", "toy"]

@@ -136,3 +136,42 @@ def test_batches_shard_and_cover_each_epoch():
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         load_source("mnist")
+
+
+def test_training_refuses_data_the_network_cannot_take_before_writing(tmp_path):
+    from sde.data import DataError
+    from sde.train import run
+
+    from .conftest import FAST, TINY, compose_train
+
+    cfg = compose_train(["experiment=vp_toy", "data=digits", "trainer.steps=2", *FAST,
+                         *TINY["mlp"]])
+    with pytest.raises(DataError, match=r"takes examples shaped \[2\], but the data is "
+                       r"shaped \[1, 8, 8\].*model.dim"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+def test_streaming_folder_trains_and_resumes_bit_identically(tmp_path):
+    """Two steps, then two more after a resume, equal four uninterrupted steps."""
+    from PIL import Image
+
+    from sde.train import run
+
+    from .conftest import FAST, TINY, compose_train
+
+    (tmp_path / "im").mkdir()
+    for k, a in enumerate(np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), np.uint8)):
+        Image.fromarray(a).save(tmp_path / "im" / f"{k:02d}.png")
+    base = ["experiment=vp_digits", "data=folder", f"data.root={tmp_path / 'im'}",
+            "data.size=8", "data.shape=[3,8,8]", "data.workers=0", "model=ddpmpp",
+            *TINY["ddpmpp"], "model.image_size=8", "model.in_channels=3", *FAST,
+            "trainer.checkpoint_every=2", "trainer.num_samples=0"]
+    run(compose_train([*base, "trainer.steps=4"]), tmp_path / "straight")
+    run(compose_train([*base, "trainer.steps=2"]), tmp_path / "resumed")
+    run(compose_train([*base, "trainer.steps=4"]), tmp_path / "resumed")
+    from sde.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    a, b = (load_checkpoint(latest_checkpoint(tmp_path / d)) for d in ("straight", "resumed"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
