@@ -21,12 +21,12 @@ import logging
 import numpy as np
 import torch
 
-from sde.data import sources, toy
+from sde.data import photos, sources, toy
 from sde.data.sources import DataError
 
 log = logging.getLogger("sde.data")
 
-IMAGE_SOURCES = ("digits", "cifar10", "folder")
+IMAGE_SOURCES = ("digits", "cifar10", "folder", "photos")
 CONTINUOUS_SOURCES = ("npz", *toy.TOY_SETS)
 STREAM_SOURCES = ("cifar10", "folder")
 
@@ -52,6 +52,8 @@ def load_source(name: str, *, root=None, path=None, key=None, size=None, channel
         if root is None:
             raise ValueError("data=folder needs data.root=FOLDER of images")
         return sources.image_folder(root, size=size, channels=channels)
+    if name == "photos":
+        return photos.photo_patches(size=size or 32, train=train)
     if name == "npz":
         if path is None:
             raise ValueError("data=npz needs data.path=FILE (.npz or .npy)")
