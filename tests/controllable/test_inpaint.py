@@ -191,10 +191,11 @@ def test_smc_converges_to_the_posterior_as_particles_grow():
 @pytest.mark.parametrize("sde", [VESDE(sigma_max=10.0, N=200), SubVPSDE(N=200)],
                          ids=["VESDE", "SubVPSDE"])
 def test_smc_is_exact_where_replacement_is_biased(sde):
-    """4-D mixture with two observed coordinates: SMC with 32 particles is at the floor,
-    replacement far above it (the issue's known 30-200x)."""
-    mix = GaussianMixture.random(4, (4,), spread=1.5, std=(0.2, 0.5), seed=7)
-    mask, y = torch.tensor([1.0, 0.0, 1.0, 0.0]), mix.sample(1, torch.Generator().manual_seed(8))[0]
-    smc = ed_over_floor(mix, sde, mask, y, "smc", 1000, corrector="none", particles=32)
+    """4-D mixture with two observed coordinates: SMC with 64 particles is at the floor (an exact
+    sampler scores |ED / floor| ~ 1, rarely above 3), replacement far above it (measured: 290x
+    for sub-VP; the issue's known 30-200x). K = 32 still scored 4-5.5 here."""
+    mix = GaussianMixture.random(6, (4,), spread=1.5, std=(0.1, 0.4), seed=3)  # as the benchmark
+    mask, y = torch.tensor([1.0, 0.0, 1.0, 0.0]), mix.sample(1, torch.Generator().manual_seed(0))[0]
+    smc = ed_over_floor(mix, sde, mask, y, "smc", 1000, corrector="none", particles=64)
     replacement = ed_over_floor(mix, sde, mask, y, "replacement", 1000)
-    assert smc < 5 and replacement > 20, (smc, replacement)
+    assert smc < 4 and replacement > 30, (smc, replacement)
