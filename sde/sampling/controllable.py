@@ -317,9 +317,10 @@ def couple(z: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def colorize(sde, score_fn, gray, *, method="replacement", **kwargs):
     """Colorization (Song et al. 2021, App. I): gray (B, 1, ...) -> x (B, 3, ...) with
-    x.mean(1, keepdim=True) == gray, as inpainting of the grey channel in score_sde's decoupled
-    orthonormal colour space (the SDEs are isotropic, so the latent follows the same SDE with
-    score M^T score(M z)). Takes every argument of `inpaint`; returns (x, nfe)."""
+    x.mean(1, keepdim=True) == gray (to the rounding of x's channels), as inpainting of the
+    grey channel in score_sde's decoupled orthonormal colour space (the SDEs are isotropic, so
+    the latent follows the same SDE with score M^T score(M z)). Takes every argument of
+    `inpaint`; returns (x, nfe)."""
     if not torch.is_tensor(gray) or gray.ndim < 2 or gray.shape[1] != 1:
         raise ValueError(f"gray must be (B, 1, H, W), got "
                          f"{tuple(gray.shape) if torch.is_tensor(gray) else type(gray).__name__}")
@@ -329,8 +330,7 @@ def colorize(sde, score_fn, gray, *, method="replacement", **kwargs):
     mask[:, :1] = True
     latent_score = lambda z, t: decouple(score_fn(couple(z), t))  # noqa: E731
     z, nfe = inpaint(sde, latent_score, z_known, mask, method=method, **kwargs)
-    x = couple(z)  # (B, 3, ...)
-    return x + (gray - x.mean(1, keepdim=True)), nfe  # removes the rounding of M, ~1e-7
+    return couple(z.double()).to(gray.dtype), nfe  # in float64: rounds the grey level once
 
 
 @torch.no_grad()

@@ -114,9 +114,11 @@ def test_colorize_keeps_the_grey_level(method):
     x, nfe = sampling.colorize(sde, image.score_fn(sde), gray, method=method,
                                generator=torch.Generator().manual_seed(0), **options)
     assert x.shape == (2, 3, 4, 5) and torch.isfinite(x).all() and nfe > 0
-    # exact up to the rounding of the mean itself (1 ulp): fl((r + g + b) / 3) cannot hit every
-    # float, so bit equality is not attainable in general
-    torch.testing.assert_close(x.mean(1, keepdim=True), gray, atol=2.5e-7, rtol=0)
+    # exact up to rounding the channels to float32 (the grey channel is kept bit for bit in the
+    # latent; fl((r + g + b) / 3) cannot hit every float, so bit equality is out of reach):
+    # within 2 ulp of the pixel's largest channel (measured <= 1.5 ulp)
+    ulp = torch.finfo(torch.float32).eps * x.abs().amax(1, keepdim=True)
+    assert ((x.mean(1, keepdim=True) - gray).abs() <= 2 * ulp).all()
     assert x.std(1).mean() > 0.05  # it did colour
 
 
