@@ -218,6 +218,9 @@ def _smc(sde, score_fn, y, known, *, predictor, corrector, snr, n_steps, eps, ge
         raise ValueError(f"particles must be an integer >= 1, got {particles}")
     if not 0 <= ess_threshold <= 1:
         raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError("method='smc' draws K particles per example: pass a torch.Generator "
+                         "(per-example generators cannot seed the particles)")
     predictor_obj = get_predictor(predictor)(sde, score_fn, False)
     if isinstance(predictor_obj, NonePredictor):
         raise ValueError("method='smc' needs a stochastic predictor, not 'none'")

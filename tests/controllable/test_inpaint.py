@@ -10,7 +10,7 @@ from sde import VESDE, VPSDE, SubVPSDE, sampling
 from sde.metrics.two_sample import energy_distance
 from sde.oracle import GaussianMixture
 from sde.sampling.controllable import couple, decouple, dps_sample
-from sde.utils import append_dims
+from sde.utils import PerSampleGenerator, append_dims
 
 SHAPE = (3, 2, 4, 4)  # image-like: nothing may assume 2-D data
 MIXTURE = GaussianMixture(torch.randn(2, *SHAPE[1:], generator=torch.Generator().manual_seed(0)),
@@ -157,6 +157,11 @@ def test_bad_input_raises_clearly():
         sampling.inpaint(sde, score, Y, MASK, particles=4)
     with pytest.raises(ValueError, match="corrector='none'"):
         sampling.inpaint(sde, score, Y, MASK, method="smc")
+    with pytest.raises(ValueError, match="torch.Generator"):
+        sampling.inpaint(sde, score, Y, MASK, method="smc", corrector="none",
+                         generator=PerSampleGenerator(range(SHAPE[0])))
+    with pytest.raises(ValueError, match="stochastic predictor"):
+        sampling.inpaint(sde, score, Y, MASK, method="smc", corrector="none", predictor="none")
     with pytest.raises(ValueError, match="gray must be"):
         sampling.colorize(sde, score, Y)
     with pytest.raises(ValueError, match="eps"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sde import VESDE, VPSDE, SubVPSDE, sampling
+from sde.metrics.two_sample import energy_distance
 from sde.oracle import FullCovarianceMixture, GaussianMixture, LabelledMixture
 from sde.sampling.controllable import classifier_guided_score
 
@@ -175,3 +176,23 @@ def test_guidance(sde):
         torch.testing.assert_close(sampling.guided_score(cond, uncond, w)(x, t), expected)
     classifier = lambda x, t: LABELLED.class_log_prob(x, t, sde)[:, 1]  # noqa: E731
     torch.testing.assert_close(classifier_guided_score(uncond, classifier, 1.0)(x, t), cond(x, t))
+
+
+def test_guided_score_drives_any_sampler():
+    """guided_score is a plain score_fn: DDIM on it at w = 0 samples p(x | c) of the oracle, and
+    a larger w moves mass further into class c (p(c | x) grows on average)."""
+    sde = VPSDE()
+    ddim = sampling.get_sampler("ddim")
+    cond, uncond = LABELLED.conditional_score_fn(sde, 1), LABELLED.score_fn(sde)
+    g = torch.Generator().manual_seed(5)
+    exact = LABELLED.conditional(1).sample(2000, g)
+    draws = {}
+    for w in (0.0, 2.0):
+        draws[w], nfe = ddim(sde, sampling.guided_score(cond, uncond, w), (2000, 2), steps=50,
+                             generator=torch.Generator().manual_seed(6))
+        assert nfe == 50
+    # exact sets of 2000 score |ED| < 1.2e-2 (tests/math/conftest.py); replacing class 1 by the
+    # unconditional mixture scores 1.1; measured 1.7e-3
+    assert energy_distance(draws[0.0], exact) < 2e-2
+    p_class = {w: LABELLED.class_log_prob(x)[:, 1].exp().mean() for w, x in draws.items()}
+    assert p_class[2.0] > p_class[0.0] > 0.95 * LABELLED.class_log_prob(exact)[:, 1].exp().mean()
