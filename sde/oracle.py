@@ -209,9 +209,10 @@ class FullCovarianceMixture:
     def sample(self, n: int, generator=None, *, alpha=1.0, std=0.0, device=None,
                dtype=torch.float32):
         """n samples of the mixture perturbed to N(alpha m_k, alpha^2 C_k + std^2 I)."""
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        labels = torch.searchsorted(torch.cumsum(self.weights, 0), u).clamp_max(
-            self.num_components - 1)
+        u = torch.rand(n, generator=generator, dtype=torch.float64,
+                       device=generator.device if isinstance(generator, torch.Generator) else None)
+        labels = torch.searchsorted(torch.cumsum(self.weights, 0).to(u.device), u).clamp_max(
+            self.num_components - 1).cpu()
         z = randn((n, self.means.shape[1]), generator, dtype=torch.float64).cpu()
         scale = torch.sqrt(alpha**2 * self.eigvals[labels] + std**2)  # (n, D)
         x = alpha * self.means[labels] + torch.einsum("nde,ne->nd", self.eigvecs[labels], scale * z)

@@ -25,7 +25,10 @@ METHODS = {  # id -> (method, options, nfe for N steps)
     "dps": ("dps", {}, lambda n: 2 * n),
     "dps-em": ("dps", {"predictor": "euler_maruyama", "corrector": "none", "zeta": 0.5},
                lambda n: n),
+    "dps-ancestral": ("dps", {"predictor": "ancestral_sampling", "corrector": "ald"},
+                      lambda n: 2 * n),
     "smc": ("smc", {"corrector": "none", "particles": 4}, lambda n: n),
+    "smc-em": ("smc", {"predictor": "euler_maruyama", "corrector": "none"}, lambda n: n),
     "smc-ancestral": ("smc", {"predictor": "ancestral_sampling", "corrector": "none"},
                       lambda n: n),
 }
@@ -87,6 +90,13 @@ def test_replacement_is_score_sde_algorithm(predictor, corrector, sde):
     unknown = ~MASK.bool()
     assert torch.equal(got[unknown], x[unknown])
     assert torch.equal(got_mean[unknown], x_mean[unknown])
+
+
+@pytest.mark.parametrize("method", ["replacement", "repaint", "dps", "smc"])
+def test_float64(method):
+    x, _ = run(method, VESDE(N=30), dtype=torch.float64)
+    assert x.dtype == torch.float64 and torch.isfinite(x).all()
+    assert torch.equal(x[MASK.bool()], Y.double()[MASK.bool()])
 
 
 def test_denoise_denoises():
