@@ -205,12 +205,13 @@ def _potential(sde, x, y, known, t):
 
 
 def _smc(sde, score_fn, y, known, *, predictor, corrector, snr, n_steps, eps, generator,
-         particles=16, ess_threshold=0.5):
+         particles=16, ess_threshold=1.0):
     """Sequential Monte Carlo for noiseless inpainting (after MCGdiff, Cardoso et al. 2024): K
     particles per example follow the predictor's Gaussian kernel, guided on the known entries by
     the potential g_t = N(x[known]; alpha(t) y, std(t)^2), with weights Z(x) / g_t(x) and
-    systematic resampling when the effective sample size drops below `ess_threshold` K; the last
-    step lands exactly on y. As K grows the output is a draw of the model's p(x | x_known = y)."""
+    systematic resampling of each example's particles when their effective sample size drops
+    below `ess_threshold` K (default 1: every step, as MCGdiff); the last step lands on y.
+    As K grows the output is a draw of the model's p(x | x_known = y)."""
     if corrector != "none":
         raise ValueError(f"method='smc' needs the predictor's Gaussian kernel alone; pass "
                          f"corrector='none' (got {corrector!r})")
@@ -238,11 +239,12 @@ def _smc(sde, score_fn, y, known, *, predictor, corrector, snr, n_steps, eps, ge
         if t_next is None:
             break
         log_g = _potential(sde, x, y_k, known_k, t_next)
-        ess = 1.0 / (torch.softmax(log_w, dim=1) ** 2).sum(1)  # (B,)
-        if (ess < ess_threshold * k).any():
-            idx = _systematic(log_w, generator)
+        low = 1.0 / (torch.softmax(log_w, dim=1) ** 2).sum(1) < ess_threshold * k  # (B,)
+        if low.any():  # resample the groups whose effective sample size is low
+            keep = torch.arange(k, device=y.device).expand(b, k)
+            idx = torch.where(low[:, None], _systematic(log_w, generator), keep)
             x, x_mean, log_g = _gather(x, idx), _gather(x_mean, idx), _gather(log_g, idx)
-            log_w = torch.zeros_like(log_w)
+            log_w = torch.where(low[:, None], 0.0, log_w)
     pick = torch.searchsorted(torch.cumsum(torch.softmax(log_w, 1), 1),
                               _uniform(b, generator, y.device)[:, None]).clamp_max(k - 1)
     return _gather(x, pick), _gather(x_mean, pick)
