@@ -58,6 +58,21 @@ def test_contract(method, sde):
     assert not torch.equal(x, other)
 
 
+@pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion",
+                                       "ancestral_sampling", "none"])
+@pytest.mark.parametrize("corrector", ["langevin", "ald", "none"])
+@pytest.mark.parametrize("method", ["repaint", "dps"])
+def test_every_predictor_corrector_pair(method, predictor, corrector):
+    sde = VPSDE(N=30)
+    x, nfe = sampling.inpaint(sde, MIXTURE.score_fn(sde), Y, MASK, method=method,
+                              predictor=predictor, corrector=corrector,
+                              generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all() and torch.equal(x[MASK.bool()], Y[MASK.bool()])
+    calls = {"repaint": 10 * (sde.N - 1) + 1, "dps": sde.N}[method]  # passes of the loop
+    per_pass = (predictor != "none" or method == "dps") + (corrector != "none")
+    assert nfe == calls * per_pass
+
+
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion",
                                        "ancestral_sampling", "none"])
