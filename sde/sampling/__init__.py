@@ -1,6 +1,7 @@
 """Samplers: predictor-corrector and probability-flow ODE (Song et al. 2021), and fast solvers
 (DDIM, EDM's Heun, DPM-Solver, DPM-Solver++, adaptive SDE), all selectable by `get_sampler(name)`."""
 
+from sde.sampling.controllable import colorize, guided_score, inpaint  # noqa: F401
 from sde.sampling.correctors import (
     CORRECTORS,
     AnnealedLangevinDynamics,
