@@ -26,7 +26,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+from sde.runs.paths import CONFIG_DIR
+
+CONF = CONFIG_DIR / "model"
 IMAGE_MODELS = ["ddpmpp", "ncsnpp", "ddpm", "ddpmpp_deep", "ncsnpp_deep"]
 MLP_BATCH_FACTOR = 1024  # the MLP runs at batch_size * 1024 rows of 2-D data
 

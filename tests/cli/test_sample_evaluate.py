@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from sde.evaluate import evaluate_run
-from sde.sample import resolve_run, sample_run
+from sde.runs.evaluate import evaluate_run
+from sde.runs.paths import CONFIG_DIR, resolve_run
+from sde.runs.sampling import sample_run
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
-FAST_PC = {"name": "pc", "steps": 20, "grid": "uniform", "eps": 1e-3, "corrector": "none",
-           "predictor": "euler_maruyama", "snr": 0.16, "n_steps": 1}  # continuous-time: any steps
+CONF = str(CONFIG_DIR)
+FAST_PC = {"sampler": "pc", "sampler_options": {  # continuous-time: any steps
+    "steps": 20, "grid": "uniform", "eps": 1e-3, "corrector": "none",
+    "predictor": "euler_maruyama", "snr": 0.16, "n_steps": 1}}
 
 
 def train_tiny(run_dir: Path, overrides: list[str]) -> Path:
@@ -50,7 +52,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_sample_writes_npz_png_and_jsonl(toy_run, tmp_path, capsys):
-    rec = sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=1, batch_size=4,
+    rec = sample_run(run=str(toy_run), **FAST_PC, n=6, seed=1, batch_size=4,
                      out=tmp_path / "s.npz", progress=False)
     files = np.load(tmp_path / "s.npz")
     assert files["samples"].shape == (6, 2) and np.isfinite(files["samples"]).all()
@@ -64,19 +66,19 @@ def test_sample_writes_npz_png_and_jsonl(toy_run, tmp_path, capsys):
 
 def test_samples_identical_across_batch_sizes(toy_run, tmp_path):
     for b in (6, 4, 1):
-        sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=2, batch_size=b,
+        sample_run(run=str(toy_run), **FAST_PC, n=6, seed=2, batch_size=b,
                    out=tmp_path / f"b{b}.npz", progress=False)
     a, b, c = (np.load(tmp_path / f"b{k}.npz")["samples"] for k in (6, 4, 1))
     # the same noise per sample; only float32 GEMM rounding may differ with the batch size
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
-    other = sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=3, batch_size=6,
+    other = sample_run(run=str(toy_run), **FAST_PC, n=6, seed=3, batch_size=6,
                        out=tmp_path / "s3.npz", progress=False)
     assert np.abs(np.load(other["npz"])["samples"] - a).max() > 1e-2
 
 
 def test_sample_image_run_defaults_to_the_newest_run(digits_run, tmp_path):
-    rec = sample_run(run=None, runs_root=digits_run.parent.parent, sampler=FAST_PC, n=4,
+    rec = sample_run(run=None, runs_root=digits_run.parent.parent, **FAST_PC, n=4,
                      seed=0, batch_size=4, progress=False)
     assert Path(rec["run"]) == digits_run
     samples = np.load(rec["npz"])["samples"]
@@ -87,7 +89,7 @@ def test_sample_image_run_defaults_to_the_newest_run(digits_run, tmp_path):
 def test_evaluate_toy_writes_metrics_and_figures(toy_run):
     ev = {"batch_size": 64, "likelihood_n": 8, "repeats": 1, "hutchinson": "auto", "rtol": 1e-3,
           "atol": 1e-3, "likelihood_eps": 1e-3, "n": 32, "resolution": 6, "trajectories": 3}
-    values = evaluate_run(run=str(toy_run), metrics=None, sampler=FAST_PC, ev=ev,
+    values = evaluate_run(run=str(toy_run), metrics=None, **FAST_PC, **ev,
                           logger={"backend": "none"}, progress=False)
     assert np.isfinite(values["nll"]) and values["nll_n"] == 8
     assert {"energy_distance", "mmd_rbf"} <= values.keys()
@@ -101,12 +103,11 @@ def test_evaluate_toy_writes_metrics_and_figures(toy_run):
 def test_evaluate_digits_bpd_and_fid_without_weights(digits_run):
     ev = {"batch_size": 8, "likelihood_n": 4, "repeats": 1, "hutchinson": "rademacher",
           "rtol": 1e-3, "atol": 1e-3, "likelihood_eps": 1e-3, "inception_weights": None}
-    values = evaluate_run(run=str(digits_run), metrics=None, sampler=FAST_PC, ev=ev,
-                          progress=False)
+    values = evaluate_run(run=str(digits_run), metrics=None, **FAST_PC, **ev, progress=False)
     assert values["bpd_n"] == 4 and 0 < values["bpd"] < 100
     assert json.loads((digits_run / "metrics.json").read_text())["eval"]["bpd"] == values["bpd"]
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
-        evaluate_run(run=str(digits_run), metrics=["fid"], sampler=FAST_PC, ev=ev)
+        evaluate_run(run=str(digits_run), metrics=["fid"], **FAST_PC, **ev)
 
 
 def test_bad_run_path_message(tmp_path):
@@ -120,7 +121,7 @@ def test_bad_run_path_message(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sde.sample", f"run={tmp_path / 'nope'}"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
-    assert "error: run=" in proc.stderr and "Traceback" not in proc.stderr
+    assert "sde.sample: error: run=" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_entry_points(toy_run, tmp_path):
@@ -162,8 +163,8 @@ def test_evaluate_fid_kid_is_end_to_end(digits_run, tmp_path):
             "levels": 256}
     ev = {"batch_size": 6, "n": 4, "inception_weights": str(tmp_path / WEIGHTS_FILE),
           "reference_stats": None, "kid_subsets": 3, "kid_subset_size": 4, "is_splits": 2}
-    kwargs = dict(run=str(digits_run), metrics=["fid", "kid", "is"], sampler=FAST_PC, ev=ev,
-                  data=data, progress=False)
+    kwargs = dict(run=str(digits_run), metrics=["fid", "kid", "is"], **FAST_PC, **ev, data=data,
+                  progress=False)
     values = evaluate_run(**kwargs, logger={"backend": "wandb", "mode": "offline"})
     assert values["fid"] >= 0 and np.isfinite(values["kid"]) and values["is"] >= 1 - 1e-9
     cache = folder / "fid_stats_folder_8x8_train.npz"

@@ -1,6 +1,5 @@
 """Score networks: shapes, parameter counts of the released configs, and the usual contracts."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from sde.models import DDPM, MLP, NCSNpp
+from sde.runs.paths import CONFIG_DIR
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+CONF = CONFIG_DIR / "model"
 
 
 def small(kind: str, image_size: int = 16, in_channels: int = 3, **extra) -> torch.nn.Module:

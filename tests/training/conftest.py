@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from sde.runs.paths import CONFIG_DIR
+
+CONF = str(CONFIG_DIR)
 
 # Tiny networks: one override list per model config.
 TINY_UNET = ["model.nf=8", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
