@@ -13,6 +13,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -117,7 +118,8 @@ class TrainSettings:
         _check_number(self.ema_decay, "trainer.ema_decay", low=0.0)
         if not self.ema_decay < 1:
             raise ValueError(f"trainer.ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
+        betas = tuple(self.betas) if isinstance(self.betas, Sequence) and not isinstance(
+            self.betas, str) else ()
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = betas
