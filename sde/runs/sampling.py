@@ -117,18 +117,16 @@ def save_pngs(images: torch.Tensor, seeds: Sequence[int], out_dir) -> list[Path]
     return paths
 
 
-def _outputs(run_dir: Path, *, sampler: str, seed: int, n: int, format: str, out, out_dir,
-             shape) -> Path:
-    """The .npz file (format=npz) or folder (format=png) to write, checked writable."""
+def _outputs(run_dir: Path, *, sampler: str, seed: int, n: int, format: str, out,
+             out_dir) -> Path:
+    """The .npz file (format=npz) or folder (format=png) to write, checked writable before any
+    work."""
     if format not in FORMATS:
         raise ValueError(f"format={format!r}; choose one of {list(FORMATS)}")
+    stem = run_dir / "samples" / f"{sampler}_seed{seed}_n{n}"
     if format == "png":
-        if not is_image_shape(shape):
-            raise ValueError(f"format=png writes images, but this run's data is shaped "
-                             f"{list(shape)}; use format=npz")
-        target = Path(out_dir) if out_dir else run_dir / "samples" / f"{sampler}_seed{seed}_n{n}"
-        return check_writable(target, what="output folder")
-    target = Path(out) if out else run_dir / "samples" / f"{sampler}_seed{seed}_n{n}.npz"
+        return check_writable(Path(out_dir) if out_dir else stem, what="output folder")
+    target = Path(out) if out else stem.with_suffix(".npz")
     check_writable(target.parent, what="output folder")
     return target
 
@@ -150,10 +148,13 @@ def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None
     check_bool(ema, "ema")
     path = resolve_run(run, runs_root)  # a bad path fails before anything heavy
     device = resolve_device(device, local_rank=info.local_rank)
-    loaded = load_run(path, ema=ema, device=device)
     run_dir = run_dir_of(path)
     target = _outputs(run_dir, sampler=sampler, seed=seed, n=n, format=format, out=out,
-                      out_dir=out_dir, shape=loaded.shape)
+                      out_dir=out_dir)
+    loaded = load_run(path, ema=ema, device=device)
+    if format == "png" and not is_image_shape(loaded.shape):
+        raise ValueError(f"format=png writes images, but this run's data is shaped "
+                         f"{list(loaded.shape)}; use format=npz")
     samples, seeds, nfe, seconds = draw_samples(
         loaded, sampler=sampler, sampler_options=sampler_options, n=n, seed=seed,
         batch_size=batch_size, device=device, info=info, progress=progress)

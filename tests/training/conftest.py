@@ -20,7 +20,7 @@ TINY = {"mlp": ["model.hidden=16", "model.num_layers=1", "model.emb_dim=8"],
 # The users' smoke run (conf/debug/fast.yaml), with periodic eval/samples/checkpoints off so
 # that a test sees only what it asks for.
 FAST = ["debug=fast", "trainer.eval_every=0", "trainer.sample_every=0",
-        "trainer.checkpoint_every=0", "sampler.steps=25"]
+        "trainer.checkpoint_every=0"]
 
 
 def compose_train(overrides=()):
