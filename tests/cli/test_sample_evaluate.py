@@ -1,6 +1,7 @@
 """A tiny trained run samples, evaluates and writes its files (sde.sample, sde.evaluate)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -110,6 +111,76 @@ def test_cli_entry_points(toy_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "nll" in json.loads(proc.stdout.strip().splitlines()[-1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.npz", "cli.png"]  # no Hydra dirs
+
+
+def _image_folder(folder, n=6, seed=0) -> torch.Tensor:
+    """n random 8x8 grey PNGs in `folder` -> the images (n, 1, 8, 8) in [0, 1]."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return torch.from_numpy(images).double()[:, None] / 255
+
+
+def _fid_closed_form(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """FID of two small feature sets (n, D), (m, D) with n, m << D: with centred X1, X2 the
+    covariances are S_i = X_i^T X_i / (n_i - 1), and tr (S1 S2)^{1/2} is the nuclear norm of
+    X1 X2^T / sqrt((n - 1)(m - 1)) (the nonzero eigenvalues of S1 S2 are those of
+    X1 X2^T X2 X1^T / ((n - 1)(m - 1))): no D x D matrix square root."""
+    x1, x2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    n, m = len(f1), len(f2)
+    cross = torch.linalg.svdvals(x1 @ x2.T).sum() / math.sqrt((n - 1) * (m - 1))
+    mean_term = (f1.mean(0) - f2.mean(0)).square().sum()
+    return float(mean_term + x1.square().sum() / (n - 1) + x2.square().sum() / (m - 1) - 2 * cross)
+
+
+def _low_rank_trace_sqrt(sigma1: np.ndarray, sigma2: np.ndarray, rank: int = 16) -> float:
+    """tr (S1 S2)^{1/2} exactly for S1 of rank <= `rank` (the covariance of a few samples): with
+    S1 = Q B Q^T on an orthonormal basis Q of its range, the nonzero eigenvalues of
+    S1^{1/2} S2 S1^{1/2} are those of B^{1/2} (Q^T S2 Q) B^{1/2}: no 2048 x 2048 eigh."""
+    probe = np.random.default_rng(0).standard_normal((sigma1.shape[0], rank))
+    q, _ = np.linalg.qr(sigma1 @ probe)
+    w, v = np.linalg.eigh(q.T @ sigma1 @ q)
+    half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    lam = np.linalg.eigvalsh(half @ (q.T @ sigma2 @ q) @ half)
+    return float(np.sqrt(np.clip(lam, 0, None)).sum())
+
+
+def test_evaluate_fid_kid_is_with_random_inception_weights(digits_run, tmp_path, monkeypatch):
+    """The FID/KID/IS path of sde.evaluate: the samples are sde.sample's for the same seed
+    (per-example seeds), FID and IS equal their closed forms on the same Inception features.
+    Only the 2048 x 2048 matrix square root is swapped for an exact low-rank one (a minute
+    on a loaded CPU; tests/metrics checks the real one, the slow test below runs it)."""
+    import sde.metrics.fid
+    from sde.metrics.fid import extract_features
+    from sde.metrics.inception import WEIGHTS_FILE, FIDInceptionV3, load_inception
+
+    monkeypatch.setattr(sde.metrics.fid, "trace_sqrt_product", _low_rank_trace_sqrt)
+
+    reference = _image_folder(tmp_path / "images")
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), tmp_path / WEIGHTS_FILE)
+    weights = str(tmp_path / WEIGHTS_FILE)
+    data = {"name": "folder", "root": str(tmp_path / "images"), "size": 8, "channels": 1,
+            "shape": [1, 8, 8], "levels": 256}
+    values = evaluate_run(digits_run, metrics=["fid", "kid", "is"], **FAST_PC, n=4, batch_size=6,
+                          inception_weights=weights, kid_subsets=3, kid_subset_size=4,
+                          is_splits=1, data=data, seed=1, progress=False)
+    rec = sample_run(digits_run, **FAST_PC, n=4, seed=1, batch_size=3, out=tmp_path / "s.npz",
+                     progress=False)
+    samples = torch.from_numpy(np.load(rec["npz"])["samples"])
+    net = load_inception(weights)
+    f_samples, logits = extract_features(net, [samples])
+    f_reference, _ = extract_features(net, [reference])
+    assert values["fid"] == pytest.approx(_fid_closed_form(f_samples, f_reference), rel=1e-6)
+    p = logits.softmax(1)  # IS = exp(E_x KL(p(y|x) || p(y))), one split
+    expected_is = math.exp(float((p * (p.log() - p.mean(0).log())).sum(1).mean()))
+    assert values["is"] == pytest.approx(expected_is, rel=1e-9)
+    assert np.isfinite(values["kid"]) and values["sample_n"] == 4
+    assert Path(values["reference_stats"]).is_file()
 
 
 @pytest.mark.slow
