@@ -101,3 +101,10 @@ def test_a_failing_sweep_point_does_not_abort_the_others(tmp_path):
     assert "sweep point #0 (" in proc.stderr and "trainer.steps=abc): ValueError: trainer.steps " \
         "must be an integer >= 1, got 'abc'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_precision_auto_trains(tmp_path):
+    """trainer.precision=auto resolves to a precision this device runs (fp32 on this CPU)."""
+    assert run(compose_train([*TOY, "trainer.precision=auto"]), tmp_path)["step"] == 2
+    with pytest.raises(ValueError, match="trainer.precision"):
+        run(compose_train([*TOY, "trainer.precision=fp16"]), tmp_path / "bad")
