@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from sde.runs.paths import CONFIG_DIR
+from sde.runs.paths import CONFIG_DIR, group_config
 
 CONF = CONFIG_DIR / "model"
 IMAGE_MODELS = ["ddpmpp", "ncsnpp", "ddpm", "ddpmpp_deep", "ncsnpp_deep"]
@@ -34,7 +33,7 @@ MLP_BATCH_FACTOR = 1024  # the MLP runs at batch_size * 1024 rows of 2-D data
 
 
 def build(name: str) -> torch.nn.Module:
-    return instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
+    return instantiate(group_config("model", name))
 
 
 def inputs(name: str, batch: int, device: str, channels_last: bool = False):

@@ -52,3 +52,17 @@ def resolve_run(run: str | Path | None, runs_root: str | Path = RUNS_ROOT) -> Pa
         raise ValueError(f"run={run}: no checkpoints/ckpt_<step>.pt in this directory; is it a "
                          "run directory of sde.train?")
     return path
+
+
+def group_config(group: str, name: str):
+    """The config-group file `<group>/<name>.yaml` as Hydra composes it: merged over the files of
+    the same group its defaults list names (`ddpmpp_deep` is `ddpmpp` with more blocks), without
+    the `defaults` key -> an OmegaConf DictConfig (e.g. for `hydra.utils.instantiate`)."""
+    from omegaconf import OmegaConf
+
+    own = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+    defaults = list(own.pop("defaults", None) or ["_self_"])
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    parts = [own if d == "_self_" else group_config(group, d) for d in defaults]
+    return OmegaConf.merge(*parts)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from sde.models import DDPM, MLP, NCSNpp
-from sde.runs.paths import CONFIG_DIR
+from sde.runs.paths import CONFIG_DIR, group_config
 
 CONF = CONFIG_DIR / "model"
 
@@ -100,7 +100,7 @@ RELEASED = {
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
 def test_parameter_counts_of_the_released_cifar10_configs(name):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = group_config("model", name)
     with torch.device("meta"):
         model = instantiate(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
