@@ -68,3 +68,13 @@ def test_runtime_dependencies_are_what_the_package_imports():
     used = _third_party_imports()
     assert declared - used == set(), "declared but never imported: move to dev or drop"
     assert used - declared == set(), "imported but not declared"
+
+
+def test_one_seed_scheme_for_keyed_streams():
+    """The run layer's keyed streams are the training streams' (sde.data): one mixing formula."""
+    from sde.data import _seed
+    from sde.runs.env import mix_seed, sample_seeds
+
+    for parts in [(0,), (1, 2, 3), (7, 0, 41, 5)]:
+        assert mix_seed(*parts) == _seed(*parts)
+    assert sample_seeds(2, 3) == [2_000_000, 2_000_001, 2_000_002]
