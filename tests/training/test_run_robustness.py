@@ -108,3 +108,19 @@ def test_precision_auto_trains(tmp_path):
     assert run(compose_train([*TOY, "trainer.precision=auto"]), tmp_path)["step"] == 2
     with pytest.raises(ValueError, match="trainer.precision"):
         run(compose_train([*TOY, "trainer.precision=fp16"]), tmp_path / "bad")
+
+
+def test_a_full_run_folder_stops_training_before_the_data_loads(tmp_path, monkeypatch):
+    import errno
+
+    import sde.runs.files
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sde.runs.files.os, "fsync", fsync)
+    monkeypatch.setattr(sde.data.Dataset, "__init__", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(RunDirError, match=f"cannot write to the run directory {tmp_path}: the disk "
+                       "is full"):
+        run(compose_train(TOY), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no probe or .tmp left behind
