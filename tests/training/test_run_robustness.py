@@ -124,3 +124,14 @@ def test_a_full_run_folder_stops_training_before_the_data_loads(tmp_path, monkey
                        "is full"):
         run(compose_train(TOY), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no probe or .tmp left behind
+
+
+def test_top_level_tags_become_wandb_tags(tmp_path):
+    from sde.runs.sweep import run_name
+
+    cfg = compose_train(["experiment=vp_toy", "logger=wandb", "logger.tags=[paper]",
+                         "tags=[baseline,lr-sweep]"])
+    names = run_name(cfg, tmp_path / "2026-01-01_00-00-00")
+    assert names == {"name": "vp_toy/2026-01-01_00-00-00", "group": None,
+                     "tags": ["paper", "baseline", "lr-sweep"]}
+    assert run_name(compose_train(["experiment=vp_toy", "logger=none"]), tmp_path) == {}
