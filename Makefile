@@ -8,13 +8,15 @@ TORCH      ?= torch==2.13.0
 EXPERIMENT ?= vp_digits
 SAMPLER    ?= pc
 RUN        ?=
+# Extra Hydra overrides for train / sample / evaluate, e.g. make train ARGS='trainer.steps=100'
+ARGS       ?=
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.installed
 
 # W&B runs offline unless WANDB_API_KEY is set (decided in sde/training/logging.py).
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install test test-slow test-gpu lint train sample evaluate bench-models bench-samplers clean
+.PHONY: install test test-slow test-gpu lint format smoke train sample evaluate bench-models bench-samplers clean
 
 install: $(STAMP)
 
@@ -39,14 +41,22 @@ test-gpu: install
 lint: install
 	$(PY) -m ruff check sde tests benchmarks
 
+# Sort imports and apply ruff's safe fixes (the code is formatted by hand to line-length 110).
+format: install
+	$(PY) -m ruff check --fix sde tests benchmarks
+
+# Seconds: a few steps of a tiny network through the whole loop (conf/debug/fast.yaml).
+smoke: install
+	$(PY) -m sde.train experiment=$(EXPERIMENT) debug=fast $(ARGS)
+
 train: install
-	$(PY) -m sde.train experiment=$(EXPERIMENT)
+	$(PY) -m sde.train experiment=$(EXPERIMENT) $(ARGS)
 
 sample: install
-	$(PY) -m sde.sample sampler=$(SAMPLER) $(if $(RUN),run=$(RUN),)
+	$(PY) -m sde.sample sampler=$(SAMPLER) $(if $(RUN),run=$(RUN),) $(ARGS)
 
 evaluate: install
-	$(PY) -m sde.evaluate $(if $(RUN),run=$(RUN),)
+	$(PY) -m sde.evaluate $(if $(RUN),run=$(RUN),) $(ARGS)
 
 bench-models: install
 	$(PY) benchmarks/bench_models.py

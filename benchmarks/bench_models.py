@@ -38,11 +38,12 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = next((d for d in (ROOT / "sde" / "conf" / "model", ROOT / "conf" / "model") if d.is_dir()),
-            ROOT / "conf" / "model")
+from sde.runs.paths import CONFIG_DIR, group_config
+
+CONF = CONFIG_DIR / "model"
 IMAGE_MODELS = ["ddpmpp", "ncsnpp", "ddpm", "ddpmpp_deep", "ncsnpp_deep"]
 MLP_BATCH_FACTOR = 1024  # the MLP runs at batch_size * 1024 rows of 2-D data
 # Small variants for --quick: (config, overrides).
@@ -57,7 +58,7 @@ ISAS = {"AVX2": "AVX2 only: Intel Haswell-Comet Lake, AMD Zen 1-3",
 
 def build(name: str) -> torch.nn.Module:
     base, overrides = TINY.get(name, (name, {}))
-    return instantiate(OmegaConf.merge(OmegaConf.load(CONF / f"{base}.yaml"), overrides))
+    return instantiate(OmegaConf.merge(group_config("model", base), overrides))
 
 
 def inputs(name: str, batch: int, device: str, channels_last: bool = False):

@@ -11,14 +11,14 @@ __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "load_run", "sampling", "likelih
 
 def load_run(path, *, ema: bool = True, device=None):
     """A trained (or converted) run: `.sde`, `.model`, `.score_fn`, `.config`, `.scaler`,
-    `.inverse_scaler` (see `sde.run.load_run`)."""
-    from sde.run import load_run as _load_run
+    `.inverse_scaler` (see `sde.runs.load_run`)."""
+    from sde.runs.load import load_run as _load_run
 
     return _load_run(path, ema=ema, device=device)
 
 
 def __getattr__(name):
-    if name in ("sampling", "likelihood", "models", "oracle"):
+    if name in ("sampling", "likelihood", "models", "oracle", "runs"):
         import importlib
 
         return importlib.import_module(f"sde.{name}")

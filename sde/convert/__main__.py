@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from sde.runs.env import EXIT_USER_ERROR, USER_ERRORS
+
 USAGE = ("usage: python -m sde.convert score_sde SRC.pth config=NAME_OR_JSON out=DIR "
          "[KEY=VALUE ...]\n       python -m sde.convert score_sde --list")
 
@@ -47,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         from sde.convert.export import convert_run
 
         path = convert_run(args["src"], args["config"], args["out"], args["overrides"])
-    except ValueError as e:
-        print(f"error: {e}\n{USAGE}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:  # the one policy of every entry point (sde.runs.env)
+        print(f"sde.convert: error: {e}\n{USAGE}", file=sys.stderr)
+        return EXIT_USER_ERROR
     print(f"wrote {path}\nnext: python -m sde.sample run={args['out']}  |  "
           f"python -m sde.evaluate run={args['out']}")
     return 0

@@ -4,7 +4,7 @@
                       sections the score_sde config decides (`sde.convert.translate`)
     convert_run(...)  read the source (weights_only), map raw and EMA weights
                       (`sde.convert.score_sde`), write DIR/config.yaml and
-                      DIR/checkpoints/ckpt_<step>.pt with `sde.training.checkpoint.save_checkpoint`
+                      DIR/checkpoints/ckpt_<step>.pt with `sde.runs.checkpoint.save_checkpoint`
 
 The run is what `sde.load_run(DIR)`, `python -m sde.sample run=DIR` and
 `python -m sde.evaluate run=DIR` read; EMA weights are the default there, the raw ones are
@@ -23,8 +23,8 @@ import torch
 from sde.convert.released import Released, load_config
 from sde.convert.score_sde import convert_checkpoint
 from sde.convert.translate import translate
+from sde.runs.paths import CONFIG_DIR, experiment_file
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 # sections replaced whole by the translation; the others are updated key by key
 _REPLACED = ("sde", "score", "loss")
 
@@ -35,7 +35,7 @@ def compose_experiment(experiment: str, overrides: Sequence[str] = ()) -> dict:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    if not (CONFIG_DIR / "experiment" / f"{experiment}.yaml").is_file():
+    if not experiment_file(experiment).is_file():
         raise ValueError(f"conf/experiment/{experiment}.yaml does not exist: this codebase has "
                          f"no experiment {experiment!r} to convert into")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -140,22 +140,25 @@ def run_config(score_sde_config: Mapping, base: Released, overrides: Sequence[st
 
 def fresh_optimizer_state(model: torch.nn.Module, config: Mapping) -> dict:
     """The state dict of a new optimiser of the run's settings, as `sde.train` builds it."""
-    from omegaconf import OmegaConf
+    from sde.training.loop import TrainSettings, make_optimizer
 
-    from sde.train import settings_from_config
-    from sde.training.loop import make_optimizer
-
-    settings = settings_from_config(OmegaConf.create(dict(config)))
+    settings = TrainSettings.from_sections(trainer=config["trainer"], optim=config["optim"],
+                                           seed=config.get("seed", 0))
     return make_optimizer(model.parameters(), settings, torch.device("cpu")).state_dict()
 
 
 def read_source(path) -> dict:
-    """A score_sde checkpoint read with weights_only=True; a ValueError if it is not one."""
+    """A score_sde checkpoint read with weights_only=True; a ValueError if it is not one (an
+    `UnsafeFileError` naming the blocked global if it holds code)."""
+    from sde.serialization import UnsafeFileError, load_weights_only
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"no score_sde checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_weights_only(path, what="score_sde checkpoint")
+    except UnsafeFileError:
+        raise
     except Exception as e:  # a pickle needing more than tensors, or a corrupt file
         raise ValueError(f"cannot read {path} with torch.load(weights_only=True): "
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -174,7 +177,8 @@ def convert_run(src, config: str, out, overrides: Sequence[str] = (), *, keep: i
     run directory `out`; returns the checkpoint path."""
     from omegaconf import OmegaConf
 
-    from sde.training.checkpoint import rng_state, save_checkpoint
+    from sde.runs.checkpoint import rng_state, save_checkpoint
+    from sde.runs.files import write_text
 
     out = Path(out)
     if any((out / "checkpoints").glob("ckpt_*.pt")):
@@ -189,8 +193,7 @@ def convert_run(src, config: str, out, overrides: Sequence[str] = (), *, keep: i
     source = {"codebase": "yang-song/score_sde_pytorch", "checkpoint": str(Path(src).resolve()),
               "config": str(config), "step": converted["step"]}
     run = run_config(score_sde_config, base, overrides, source=source)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run)))
+    write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run)))
     state = {"model": converted["state_dict"], "ema": converted["ema_state_dict"],
              "optimizer": fresh_optimizer_state(converted["model"], run),
              "rng": rng_state(), "config": run}

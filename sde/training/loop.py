@@ -13,19 +13,24 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sde.data import _seed, step_generator
-from sde.training import checkpoint as ckpt_lib
+from sde.runs import checkpoint as ckpt_lib
+from sde.runs.env import sample_seeds
+from sde.runs.figures import save_figure
+from sde.runs.files import write_text
+from sde.runs.logger import NullLogger
+from sde.runs.metrics import MetricsFile
+from sde.runs.sampling import generate, split_sampler, to_data_space
 from sde.training.distributed import DistInfo, all_mean, barrier, per_rank_batch
 from sde.training.ema import EMA
-from sde.training.logging import MetricsFile, NullLogger
 from sde.training.precision import resolve_precision
-from sde.training.samples import draw_samples, save_samples
 
 log = logging.getLogger("sde.train")
 
@@ -36,33 +41,113 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+# TrainSettings field -> its key in the config (the trainer section unless listed here)
+OPTIM_KEYS = {"lr": "lr", "betas": "betas", "adam_eps": "eps", "weight_decay": "weight_decay",
+              "optimizer": "name", "warmup": "warmup", "grad_clip": "grad_clip"}
+
+
+def _config_key(name: str) -> str:
+    return "seed" if name == "seed" else (
+        f"optim.{OPTIM_KEYS[name]}" if name in OPTIM_KEYS else f"trainer.{name}")
+
+
+def _section_defaults() -> dict:
+    """The defaults of conf/trainer/default.yaml, conf/optim/adam.yaml and train.yaml's seed,
+    under TrainSettings' field names: the config files are the one place they are written."""
+    from omegaconf import OmegaConf
+
+    from sde.runs.paths import CONFIG_DIR
+
+    load = lambda name: OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / name))
+    trainer, optim = load("trainer/default.yaml"), load("optim/adam.yaml")
+    values = {field: optim[key] for field, key in OPTIM_KEYS.items()}
+    values.update({k: v for k, v in trainer.items() if k != "device"})
+    values["seed"] = OmegaConf.load(CONFIG_DIR / "train.yaml")["seed"]
+    values["betas"] = tuple(values["betas"])
+    return values
+
+
+_D = _section_defaults()
+_INT_MIN = {"steps": 1, "batch_size": 1, "seed": 0, "warmup": 0, "log_every": 0, "eval_every": 0,
+            "eval_batches": 0, "sample_every": 0, "num_samples": 0, "checkpoint_every": 0,
+            "keep": 1}
+_BOOLS = ("channels_last", "compile", "progress")
+
+
 @dataclass
 class TrainSettings:
-    """The `trainer` and `optim` sections, as the loop uses them (see conf/trainer, conf/optim)."""
+    """The `trainer` and `optim` sections as the loop uses them. The defaults are read from
+    conf/trainer/default.yaml and conf/optim/adam.yaml (not written here); values are checked
+    on construction, a ValueError naming the config key."""
 
-    steps: int = 1000
-    batch_size: int = 128
-    seed: int = 0
-    lr: float = 2e-4
-    betas: tuple = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    warmup: int = 5000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    log_every: int = 50
-    eval_every: int = 1000
-    eval_batches: int = 2
-    sample_every: int = 5000
-    num_samples: int = 64
-    checkpoint_every: int = 10000
-    keep: int = 3
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    progress: bool = True
+    steps: int = _D["steps"]
+    batch_size: int = _D["batch_size"]
+    seed: int = _D["seed"]
+    lr: float = _D["lr"]
+    betas: tuple = _D["betas"]
+    adam_eps: float = _D["adam_eps"]
+    weight_decay: float = _D["weight_decay"]
+    optimizer: str = _D["optimizer"]
+    warmup: int = _D["warmup"]
+    grad_clip: float = _D["grad_clip"]
+    ema_decay: float = _D["ema_decay"]
+    log_every: int = _D["log_every"]
+    eval_every: int = _D["eval_every"]
+    eval_batches: int = _D["eval_batches"]
+    sample_every: int = _D["sample_every"]
+    num_samples: int = _D["num_samples"]
+    checkpoint_every: int = _D["checkpoint_every"]
+    keep: int = _D["keep"]
+    precision: str = _D["precision"]
+    channels_last: bool = _D["channels_last"]
+    compile: bool = _D["compile"]
+    progress: bool = _D["progress"]
     sampler: dict = field(default_factory=lambda: {"name": "pc"})
+
+    def __post_init__(self):
+        for name, low in _INT_MIN.items():
+            _check_int(getattr(self, name), _config_key(name), low)
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{_config_key(name)} must be true or false, got "
+                                 f"{getattr(self, name)!r}")
+        _check_number(self.lr, "optim.lr", low=0.0, strict=True)
+        _check_number(self.adam_eps, "optim.eps", low=0.0, strict=True)
+        _check_number(self.weight_decay, "optim.weight_decay", low=0.0)
+        if self.grad_clip is not None:
+            _check_number(self.grad_clip, "optim.grad_clip", low=0.0)
+        _check_number(self.ema_decay, "trainer.ema_decay", low=0.0)
+        if not self.ema_decay < 1:
+            raise ValueError(f"trainer.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        betas = tuple(self.betas) if isinstance(self.betas, Sequence) and not isinstance(
+            self.betas, str) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = betas
+
+    @classmethod
+    def from_sections(cls, *, trainer: dict, optim: dict, seed: int = 0,
+                      sampler: dict | None = None) -> TrainSettings:
+        """From the plain `trainer` and `optim` config sections (trainer.device is not the
+        loop's business: `init_distributed` uses it)."""
+        values = {k: v for k, v in trainer.items() if k != "device"}
+        values.update({f: optim[k] for f, k in OPTIM_KEYS.items() if k in optim})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown trainer/optim keys {unknown}")
+        return cls(**values, seed=seed, sampler=dict(sampler or {"name": "pc"}))
+
+
+def _check_int(value, key: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+
+
+def _check_number(value, key: str, *, low: float, strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        raise ValueError(f"{key} must be a number {'>' if strict else '>='} {low:g}, got {value!r}")
 
 
 def make_optimizer(params, s: TrainSettings, device: torch.device) -> torch.optim.Optimizer:
@@ -79,17 +164,53 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * min(1.0, step / s.warmup) if s.warmup > 0 else s.lr
 
 
-def _check_finite(losses: list, first_step: int) -> None:
-    """Raise `NonFiniteLossError` naming the first step whose loss is not finite."""
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """"fp32" or "bf16" for trainer.precision=auto|fp32|bf16 (auto: bf16 on CUDA devices that
+    support it, else fp32). Stand-in until `sde.training.precision.resolve_precision` lands."""
+    try:
+        from sde.training.precision import resolve_precision as resolve
+    except ImportError:
+        resolve = None
+    if resolve is not None:
+        return resolve(requested, device)
+    if requested not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"trainer.precision must be auto, fp32 or bf16, got {requested!r}")
+    if requested != "auto":
+        return requested
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return "bf16" if cuda_bf16 else "fp32"
+
+
+def _nonfinite_rows(x: torch.Tensor) -> list[int]:
+    """Indices of the examples of a batch (B, ...) holding NaN or Inf."""
+    return (~torch.isfinite(x.flatten(1).float())).any(1).nonzero().flatten().tolist()
+
+
+def _check_finite(losses: list, first_step: int, *, batch_of=None, batch_size: int = 0) -> None:
+    """Raise `NonFiniteLossError` naming the first step whose loss is not finite, and its cause:
+    the data when that step's batch (`batch_of(step)`) holds NaN/Inf, a tiny batch, or else the
+    optimisation (learning rate, clipping, precision)."""
     if not losses:
         return
     values = torch.stack(losses).float().cpu()
     bad = (~torch.isfinite(values)).nonzero()
-    if len(bad):
-        k = int(bad[0, 0])
+    if not len(bad):
+        return
+    k = int(bad[0, 0])
+    step = first_step + k
+    head = f"loss became {values[k].item()} at step {step}"
+    rows = _nonfinite_rows(batch_of(step)) if batch_of is not None else []
+    if rows:
         raise NonFiniteLossError(
-            f"loss became {values[k].item()} at step {first_step + k}; lower optim.lr, "
-            "keep optim.grad_clip, or use trainer.precision=fp32")
+            f"{head}: its training batch holds NaN/Inf (batch rows {rows[:10]}), so the data is "
+            "the cause, not the learning rate; clean the data set (NaN/Inf values)")
+    if 0 < batch_size < 2:
+        raise NonFiniteLossError(
+            f"{head} with {batch_size} example per process: statistics over a batch of one are "
+            "undefined; raise trainer.batch_size (it is the global batch over all processes)")
+    raise NonFiniteLossError(
+        f"{head} (the batch was finite); lower optim.lr, keep optim.grad_clip, or use "
+        "trainer.precision=fp32")
 
 
 class _StopFlag:
@@ -127,6 +248,11 @@ def _check_resume(saved: dict, config: dict, path) -> None:
     old, new = saved.get("data", {}).get("shape"), config.get("data", {}).get("shape")
     if old != new:
         raise ckpt_lib.CheckpointError(f"{path} was trained on data shaped {old}, not {new}")
+    old, new = (c.get("data", {}).get("fingerprint") for c in (saved, config))
+    if old is not None and new is not None and old != new:
+        raise ckpt_lib.CheckpointError(
+            f"{path} was trained on other data of the same shape (data fingerprint {old}, now "
+            f"{new}); point data.* at the original data or use a new hydra.run.dir")
 
 
 @torch.no_grad()
@@ -155,7 +281,8 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     s, dev, run_dir = settings, info.device, Path(run_dir)
     logger = logger or NullLogger()
     bs = per_rank_batch(s.batch_size, info.world)
-    precision = resolve_precision(s.precision, dev)  # auto / fallback: sde/training/precision.py
+    precision = resolve_precision(s.precision, dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model = model.to(dev)
     if s.channels_last and len(data.shape) == 3:
         model = model.to(memory_format=torch.channels_last)
@@ -177,6 +304,10 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
         ckpt_lib.set_rng_state(saved["rng"])
         start = int(saved["step"])
         log.info("resumed from %s at step %d", latest, start)
+    if info.is_main:  # after the resume check: a refused resume leaves config.yaml as it was
+        from omegaconf import OmegaConf
+
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     train_model = model
     if info.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -186,7 +317,6 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     score_fn = get_score_fn(sde, train_model)
     metrics = MetricsFile(run_dir, enabled=info.is_main)
     metrics.truncate(start)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training %s (%.2fM parameters) on %s x %d, global batch %d, steps %d -> %d, %s",
              type(model).__name__, n_params / 1e6, dev, info.world, s.batch_size, start, s.steps,
@@ -202,18 +332,20 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
         barrier(info)
 
     def sample(step: int) -> None:
+        """`num_samples` EMA samples with the per-sample seeds of `sde.sample seed=<seed>`."""
         if not info.is_main or s.num_samples <= 0:
             return
-        g = step_generator(s.seed, 0, 0, SAMPLE_STREAM, device=dev)
-        x, nfe = draw_samples(sde, get_score_fn(sde, ema.model_ema),
-                              (s.num_samples, *data.shape), sampler=s.sampler, generator=g,
-                              device=dev)
+        name, options = split_sampler(s.sampler)
+        x, nfe, _ = generate(name, sde, get_score_fn(sde, ema.model_ema), data.shape,
+                             seeds=sample_seeds(s.seed, s.num_samples), batch_size=s.num_samples,
+                             options=options, device=dev, progress=False)
         ref = data.data[:2000] if len(data.shape) == 1 else None
-        path = save_samples(x, run_dir / "samples" / f"step_{step:08d}.png",
-                            inverse_scaler=data.inverse_scaler, reference=ref,
-                            title=f"{config.get('experiment', '')} step {step}")
-        logger.log_image("samples", path, step, caption=f"step {step}, nfe {nfe}")
-        log.info("step %d: samples (nfe %d) -> %s", step, nfe, path)
+        path = save_figure(to_data_space(x, data.inverse_scaler, data.shape),
+                           run_dir / "samples" / f"step_{step:08d}.png", reference=ref,
+                           title=f"{config.get('experiment', '')} step {step}")
+        if path is not None:
+            logger.log_image("samples", path, step, caption=f"step {step}, nfe {nfe:g}")
+        log.info("step %d: samples (nfe %g) -> %s", step, nfe, path)
 
     recent, interval_start, tic = [], start, time.perf_counter()
     last: dict = dict(metrics.data["train"])
@@ -247,7 +379,8 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
                 ("ckpt", s.checkpoint_every))}
             final = step == s.steps or stopping
             if due["log"] or due["ckpt"] or final:
-                _check_finite(recent, interval_start + 1)
+                _check_finite(recent, interval_start + 1, batch_size=bs, batch_of=lambda k: data.batch(
+                    k - 1, bs, seed=s.seed, rank=info.rank, world=info.world))
                 dt = time.perf_counter() - tic
                 row = {"loss": float(all_mean(torch.stack(recent).mean(), info)),
                        "lr": lr_at(step, s), "grad_norm": float(grad_norm),

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from sde import VPSDE
-from sde.evaluate import _generator, check_metrics, default_metrics, likelihood_metric
 from sde.likelihood import dequantize
 from sde.oracle import GaussianMixture
-from sde.sample import generate, sample_seeds
-from sde.sampling.registry import get_sampler
+from sde.runs.env import sample_seeds, stream_generator
+from sde.runs.evaluate import LIKELIHOOD_STREAM, check_metrics, default_metrics, likelihood_metric
+from sde.runs.sampling import generate
 
 
 def oracle_run(gm, sde, *, centered=False, shape=(2,)):
@@ -30,12 +30,11 @@ def test_samples_do_not_depend_on_batch_size(name, options):
     """One generator per sample. (The `langevin` corrector is excluded: its step size averages
     norms over the batch, as in score_sde.)"""
     sde, gm = VPSDE(N=10), GaussianMixture.ring(k=4)
-    fn = get_sampler(name)
-    runs = [generate(fn, sde, gm.score_fn(sde), (2,), n=7, seed=3, batch_size=b, progress=False,
-                     **options)[0] for b in (7, 3, 1)]
+    runs = [generate(name, sde, gm.score_fn(sde), (2,), seeds=sample_seeds(3, 7), batch_size=b,
+                     options=options, progress=False)[0] for b in (7, 3, 1)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
-    other_seed = generate(fn, sde, gm.score_fn(sde), (2,), n=7, seed=4, batch_size=7,
-                          progress=False, **options)[0]
+    other_seed = generate(name, sde, gm.score_fn(sde), (2,), seeds=sample_seeds(4, 7),
+                          batch_size=7, options=options, progress=False)[0]
     assert not torch.allclose(runs[0], other_seed)
     assert sample_seeds(3, 2) == [3_000_000, 3_000_001]
 
@@ -60,7 +59,8 @@ def test_bpd_dequantizes_scales_and_offsets_like_the_closed_form():
     out = likelihood_metric(oracle_run(gm, sde, centered=True, shape=(1, 2, 2)), k, data,
                             batch_size=8, repeats=1, hutchinson="auto", rtol=1e-6, atol=1e-6,
                             eps=1e-5, seed=5, device="cpu", progress=False)
-    x = 2 * dequantize(k, _generator(5, 0, 0), centered=False, n_bits=8) - 1
+    g = stream_generator(5, 0, 0, LIKELIHOOD_STREAM)  # repeat 0, batch 0
+    x = 2 * dequantize(k, g, centered=False, n_bits=8) - 1
     expected = -gm.log_prob(x.double()) / (4 * math.log(2)) + 7
     assert out["bpd"] == pytest.approx(float(expected.mean()), abs=2e-3)
 

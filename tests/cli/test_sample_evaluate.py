@@ -1,6 +1,7 @@
 """A tiny trained run samples, evaluates and writes its files (sde.sample, sde.evaluate)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,47 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from sde.evaluate import evaluate_run
-from sde.sample import resolve_run, sample_run
+from sde.runs.evaluate import evaluate_run
+from sde.runs.paths import resolve_run
+from sde.runs.sampling import sample_run
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
-FAST_PC = {"name": "pc", "steps": 20, "grid": "uniform", "eps": 1e-3, "corrector": "none",
-           "predictor": "euler_maruyama", "snr": 0.16, "n_steps": 1}  # continuous-time: any steps
-
-
-def train_tiny(run_dir: Path, overrides: list[str]) -> Path:
-    """Train a few steps with the training entry's `run` into run_dir."""
-    from hydra import compose, initialize_config_dir
-
-    from sde.train import run
-
-    common = ["logger=none", "trainer.steps=2", "trainer.checkpoint_every=2",
-              "trainer.sample_every=0", "trainer.eval_every=0", "trainer.num_samples=4",
-              "trainer.progress=false", "trainer.device=cpu", "sampler.steps=5",
-              "sampler.predictor=euler_maruyama", "sampler.corrector=none"]
-    with initialize_config_dir(config_dir=CONF, version_base=None):
-        cfg = compose("train", overrides=common + overrides)
-    run(cfg, run_dir)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("runs") / "vp_toy" / "t0", [
-        "experiment=vp_toy", "model.hidden=32", "model.num_layers=1", "model.emb_dim=16",
-        "trainer.batch_size=32", "data.n=2000"])
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("runs") / "vp_digits" / "t0", [
-        "data=digits", "model=ddpm", "model.image_size=8", "model.in_channels=1", "model.nf=8",
-        "model.ch_mult=[1]", "model.num_res_blocks=1", "model.attn_resolutions=[]",
-        "model.num_groups=4", "trainer.batch_size=8", "experiment=vp_toy", "~model.hidden"])
+FAST_PC = {"sampler": "pc", "sampler_options": {  # continuous-time: any steps
+    "steps": 20, "grid": "uniform", "eps": 1e-3, "corrector": "none",
+    "predictor": "euler_maruyama", "snr": 0.16, "n_steps": 1}}
 
 
 def test_sample_writes_npz_png_and_jsonl(toy_run, tmp_path, capsys):
-    rec = sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=1, batch_size=4,
+    rec = sample_run(run=str(toy_run), **FAST_PC, n=6, seed=1, batch_size=4,
                      out=tmp_path / "s.npz", progress=False)
     files = np.load(tmp_path / "s.npz")
     assert files["samples"].shape == (6, 2) and np.isfinite(files["samples"]).all()
@@ -64,19 +35,19 @@ def test_sample_writes_npz_png_and_jsonl(toy_run, tmp_path, capsys):
 
 def test_samples_identical_across_batch_sizes(toy_run, tmp_path):
     for b in (6, 4, 1):
-        sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=2, batch_size=b,
+        sample_run(run=str(toy_run), **FAST_PC, n=6, seed=2, batch_size=b,
                    out=tmp_path / f"b{b}.npz", progress=False)
     a, b, c = (np.load(tmp_path / f"b{k}.npz")["samples"] for k in (6, 4, 1))
     # the same noise per sample; only float32 GEMM rounding may differ with the batch size
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
-    other = sample_run(run=str(toy_run), sampler=FAST_PC, n=6, seed=3, batch_size=6,
+    other = sample_run(run=str(toy_run), **FAST_PC, n=6, seed=3, batch_size=6,
                        out=tmp_path / "s3.npz", progress=False)
     assert np.abs(np.load(other["npz"])["samples"] - a).max() > 1e-2
 
 
 def test_sample_image_run_defaults_to_the_newest_run(digits_run, tmp_path):
-    rec = sample_run(run=None, runs_root=digits_run.parent.parent, sampler=FAST_PC, n=4,
+    rec = sample_run(run=None, runs_root=digits_run.parent.parent, **FAST_PC, n=4,
                      seed=0, batch_size=4, progress=False)
     assert Path(rec["run"]) == digits_run
     samples = np.load(rec["npz"])["samples"]
@@ -87,7 +58,7 @@ def test_sample_image_run_defaults_to_the_newest_run(digits_run, tmp_path):
 def test_evaluate_toy_writes_metrics_and_figures(toy_run):
     ev = {"batch_size": 64, "likelihood_n": 8, "repeats": 1, "hutchinson": "auto", "rtol": 1e-3,
           "atol": 1e-3, "likelihood_eps": 1e-3, "n": 32, "resolution": 6, "trajectories": 3}
-    values = evaluate_run(run=str(toy_run), metrics=None, sampler=FAST_PC, ev=ev,
+    values = evaluate_run(run=str(toy_run), metrics=None, **FAST_PC, **ev,
                           logger={"backend": "none"}, progress=False)
     assert np.isfinite(values["nll"]) and values["nll_n"] == 8
     assert {"energy_distance", "mmd_rbf"} <= values.keys()
@@ -101,12 +72,11 @@ def test_evaluate_toy_writes_metrics_and_figures(toy_run):
 def test_evaluate_digits_bpd_and_fid_without_weights(digits_run):
     ev = {"batch_size": 8, "likelihood_n": 4, "repeats": 1, "hutchinson": "rademacher",
           "rtol": 1e-3, "atol": 1e-3, "likelihood_eps": 1e-3, "inception_weights": None}
-    values = evaluate_run(run=str(digits_run), metrics=None, sampler=FAST_PC, ev=ev,
-                          progress=False)
+    values = evaluate_run(run=str(digits_run), metrics=None, **FAST_PC, **ev, progress=False)
     assert values["bpd_n"] == 4 and 0 < values["bpd"] < 100
     assert json.loads((digits_run / "metrics.json").read_text())["eval"]["bpd"] == values["bpd"]
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
-        evaluate_run(run=str(digits_run), metrics=["fid"], sampler=FAST_PC, ev=ev)
+        evaluate_run(run=str(digits_run), metrics=["fid"], **FAST_PC, **ev)
 
 
 def test_bad_run_path_message(tmp_path):
@@ -120,7 +90,7 @@ def test_bad_run_path_message(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sde.sample", f"run={tmp_path / 'nope'}"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
-    assert "error: run=" in proc.stderr and "Traceback" not in proc.stderr
+    assert "sde.sample: error: run=" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_entry_points(toy_run, tmp_path):
@@ -143,29 +113,108 @@ def test_cli_entry_points(toy_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.npz", "cli.png"]  # no Hydra dirs
 
 
+def _image_folder(folder, n=6, seed=0) -> torch.Tensor:
+    """n random 8x8 grey PNGs in `folder` -> the images (n, 1, 8, 8) in [0, 1]."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return torch.from_numpy(images).double()[:, None] / 255
+
+
+def _random_inception(path) -> str:
+    """Random FID-Inception weights with He-initialised convolutions (the default init shrinks the
+    2048 features to ~1e-7, where every FID is ~0), saved at `path`."""
+    from sde.metrics.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    net.fc.weight.data.normal_(0, 2048 ** -0.5)
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+def _fid_closed_form(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """FID of two small feature sets (n, D), (m, D) with n, m << D: with centred X1, X2 the
+    covariances are S_i = X_i^T X_i / (n_i - 1), and tr (S1 S2)^{1/2} is the nuclear norm of
+    X1 X2^T / sqrt((n - 1)(m - 1)) (the nonzero eigenvalues of S1 S2 are those of
+    X1 X2^T X2 X1^T / ((n - 1)(m - 1))): no D x D matrix square root."""
+    x1, x2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    n, m = len(f1), len(f2)
+    cross = torch.linalg.svdvals(x1 @ x2.T).sum() / math.sqrt((n - 1) * (m - 1))
+    mean_term = (f1.mean(0) - f2.mean(0)).square().sum()
+    return float(mean_term + x1.square().sum() / (n - 1) + x2.square().sum() / (m - 1) - 2 * cross)
+
+
+def _low_rank_trace_sqrt(sigma1: np.ndarray, sigma2: np.ndarray, rank: int = 16) -> float:
+    """tr (S1 S2)^{1/2} exactly for S1 of rank <= `rank` (the covariance of a few samples): with
+    S1 = Q B Q^T on an orthonormal basis Q of its range, the nonzero eigenvalues of
+    S1^{1/2} S2 S1^{1/2} are those of B^{1/2} (Q^T S2 Q) B^{1/2}: no 2048 x 2048 eigh."""
+    probe = np.random.default_rng(0).standard_normal((sigma1.shape[0], rank))
+    q, _ = np.linalg.qr(sigma1 @ probe)
+    w, v = np.linalg.eigh(q.T @ sigma1 @ q)
+    half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    lam = np.linalg.eigvalsh(half @ (q.T @ sigma2 @ q) @ half)
+    return float(np.sqrt(np.clip(lam, 0, None)).sum())
+
+
+def test_evaluate_fid_kid_is_with_random_inception_weights(digits_run, tmp_path, monkeypatch):
+    """The FID/KID/IS path of sde.evaluate: the samples are sde.sample's for the same seed
+    (per-example seeds), FID and IS equal their closed forms on the same Inception features.
+    Only the 2048 x 2048 matrix square root is swapped for an exact low-rank one (a minute
+    on a loaded CPU; tests/metrics checks the real one, the slow test below runs it)."""
+    import sde.metrics.fid
+    from sde.metrics.fid import extract_features
+    from sde.metrics.inception import WEIGHTS_FILE, load_inception
+
+    monkeypatch.setattr(sde.metrics.fid, "trace_sqrt_product", _low_rank_trace_sqrt)
+
+    reference = _image_folder(tmp_path / "images")
+    weights = _random_inception(tmp_path / WEIGHTS_FILE)
+    data = {"name": "folder", "root": str(tmp_path / "images"), "size": 8, "channels": 1,
+            "shape": [1, 8, 8], "levels": 256}
+    values = evaluate_run(digits_run, metrics=["fid", "kid", "is"], **FAST_PC, n=4, batch_size=6,
+                          inception_weights=weights, kid_subsets=3, kid_subset_size=4,
+                          is_splits=1, data=data, seed=1, progress=False)
+    rec = sample_run(digits_run, **FAST_PC, n=4, seed=1, batch_size=3, out=tmp_path / "s.npz",
+                     progress=False)
+    samples = torch.from_numpy(np.load(rec["npz"])["samples"])
+    net = load_inception(weights)
+    f_samples, logits = extract_features(net, [samples])
+    f_reference, _ = extract_features(net, [reference])
+    expected_fid = _fid_closed_form(f_samples, f_reference)
+    assert expected_fid > 1e-3  # informative features: a wrong sample or formula shows
+    assert values["fid"] == pytest.approx(expected_fid, rel=1e-6, abs=0)
+    p = logits.softmax(1)  # IS = exp(E_x KL(p(y|x) || p(y))), one split
+    expected_is = math.exp(float((p * (p.log() - p.mean(0).log())).sum(1).mean()))
+    assert values["is"] == pytest.approx(expected_is, rel=1e-9, abs=0) and expected_is > 1 + 1e-6
+    assert np.isfinite(values["kid"]) and values["sample_n"] == 4
+    assert Path(values["reference_stats"]).is_file()
+
+
 @pytest.mark.slow
 def test_evaluate_fid_kid_is_end_to_end(digits_run, tmp_path):
     """FID/KID/IS with random Inception weights against a small image folder; the reference
     statistics are cached next to the data and reused; W&B logs offline."""
-    from PIL import Image
-
-    from sde.metrics.inception import WEIGHTS_FILE, FIDInceptionV3
+    from sde.metrics.inception import WEIGHTS_FILE
 
     folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save(FIDInceptionV3().state_dict(), tmp_path / WEIGHTS_FILE)
+    _image_folder(folder)
+    _random_inception(tmp_path / WEIGHTS_FILE)
     data = {"name": "folder", "root": str(folder), "size": 8, "channels": 1, "shape": [1, 8, 8],
             "levels": 256}
     ev = {"batch_size": 6, "n": 4, "inception_weights": str(tmp_path / WEIGHTS_FILE),
           "reference_stats": None, "kid_subsets": 3, "kid_subset_size": 4, "is_splits": 2}
-    kwargs = dict(run=str(digits_run), metrics=["fid", "kid", "is"], sampler=FAST_PC, ev=ev,
-                  data=data, progress=False)
+    kwargs = dict(run=str(digits_run), metrics=["fid", "kid", "is"], **FAST_PC, **ev, data=data,
+                  progress=False)
     values = evaluate_run(**kwargs, logger={"backend": "wandb", "mode": "offline"})
-    assert values["fid"] >= 0 and np.isfinite(values["kid"]) and values["is"] >= 1 - 1e-9
+    assert values["fid"] > 1e-3 and np.isfinite(values["kid"]) and values["is"] > 1
     cache = folder / "fid_stats_folder_8x8_train.npz"
     assert Path(values["reference_stats"]) == cache and cache.is_file()
     mtime = cache.stat().st_mtime_ns

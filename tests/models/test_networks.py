@@ -1,6 +1,5 @@
 """Score networks: shapes, parameter counts of the released configs, and the usual contracts."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from sde.models import DDPM, MLP, NCSNpp
+from sde.runs.paths import CONFIG_DIR, group_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+CONF = CONFIG_DIR / "model"
 
 
 def small(kind: str, image_size: int = 16, in_channels: int = 3, **extra) -> torch.nn.Module:
@@ -100,7 +100,7 @@ RELEASED = {
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
 def test_parameter_counts_of_the_released_cifar10_configs(name):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = group_config("model", name)
     with torch.device("meta"):
         model = instantiate(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from sde.runs.paths import CONFIG_DIR
+
+CONF = str(CONFIG_DIR)
 
 # Tiny networks: one override list per model config.
 TINY_UNET = ["model.nf=8", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
@@ -15,9 +17,10 @@ TINY_UNET = ["model.nf=8", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
 TINY = {"mlp": ["model.hidden=16", "model.num_layers=1", "model.emb_dim=8"],
         "ddpmpp": TINY_UNET, "ncsnpp": TINY_UNET, "ddpmpp_deep": TINY_UNET,
         "ncsnpp_deep": TINY_UNET, "ddpm": TINY_UNET}
-FAST = ["logger=none", "trainer.progress=false", "trainer.batch_size=4", "trainer.log_every=1",
-        "trainer.eval_batches=1", "trainer.num_samples=4", "sampler.steps=25",
-        "trainer.sample_every=0", "trainer.eval_every=0", "optim.warmup=2"]
+# The users' smoke run (conf/debug/fast.yaml), with periodic eval/samples/checkpoints off so
+# that a test sees only what it asks for.
+FAST = ["debug=fast", "trainer.eval_every=0", "trainer.sample_every=0",
+        "trainer.checkpoint_every=0"]
 
 
 def compose_train(overrides=()):

@@ -24,7 +24,7 @@ def train(*overrides, timeout=600):
 def test_missing_cifar_and_bad_override_end_with_one_clear_message(tmp_path):
     proc = train("experiment=vp_cifar", f"data.root={tmp_path}", "logger=none",
                  f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # the exit status of every bad input (sde.runs.env)
     assert "sde.train: error: CIFAR-10 not found" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = train("trainer.stepz=3", f"hydra.run.dir={tmp_path / 'run2'}")

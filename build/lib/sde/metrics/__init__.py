@@ -1,0 +1,1 @@
+"""Sample-quality metrics: two-sample distances (toy data); FID / KID / IS (images)."""

@@ -1,0 +1,187 @@
+"""Drawing and saving samples of a run: `sample_run` (what `python -m sde.sample` calls).
+
+Seeds: per-sample generators (`sde.runs.env.sample_seeds`), so samples do not depend on the
+batch size or on the number of processes, except where a sampler couples the batch: the
+`langevin` corrector of `pc` with `per_example: false` (score_sde's batch-averaged step size)
+and the `ode` solver (one adaptive step size for the whole batch).
+
+Under `torchrun --nproc_per_node=K` each rank draws a contiguous block of the seeds; rank 0
+gathers them (npz) or every rank writes its own `{seed:06d}.png` files (format=png).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sde.runs.distributed import DistInfo, gather_to_main, shard
+from sde.runs.env import check_bool, check_int, resolve_device, sample_seeds
+from sde.runs.figures import is_image_shape, save_figure, save_png
+from sde.runs.files import atomic_write, check_writable
+from sde.runs.paths import RUNS_ROOT, resolve_run, run_dir_of
+
+FORMATS = ("npz", "png")
+
+
+def split_sampler(section: Mapping) -> tuple[str, dict]:
+    """(name, options) of a `conf/sampler/*.yaml` section: every key but `name` is an option."""
+    options = dict(section)
+    return str(options.pop("name", "pc")), options
+
+
+@torch.no_grad()
+def generate(sampler: str, sde, score_fn, shape: Sequence[int], *, seeds: Sequence[int],
+             batch_size: int, options: Mapping | None = None, device=None,
+             progress: bool = True) -> tuple[torch.Tensor, float, float]:
+    """Samples in model space (len(seeds), *shape) on the CPU, sample i from a generator seeded
+    `seeds[i]`, in batches of `batch_size` -> (x, mean NFE per batch, seconds)."""
+    from tqdm import tqdm
+
+    from sde.sampling.registry import get_sampler
+    from sde.utils import PerSampleGenerator
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    fn = get_sampler(sampler)
+    gen_device = torch.device(device or "cpu")
+    out, nfes, start = [], [], time.perf_counter()
+    for first in tqdm(range(0, len(seeds), batch_size), desc="sampling", unit="batch",
+                      disable=not progress):
+        batch_seeds = seeds[first:first + batch_size]
+        generator = PerSampleGenerator(batch_seeds, device=gen_device)
+        x, nfe = fn(sde, score_fn, (len(batch_seeds), *shape), generator=generator,
+                    device=device, **dict(options or {}))
+        out.append(x.detach().float().cpu())
+        nfes.append(nfe)
+    if gen_device.type == "cuda":
+        torch.cuda.synchronize(gen_device)
+    x = torch.cat(out) if out else torch.empty(0, *shape)
+    return x, float(np.mean(nfes)) if nfes else 0.0, time.perf_counter() - start
+
+
+def to_data_space(x: torch.Tensor, inverse_scaler, shape) -> torch.Tensor:
+    """Model space -> data space; images are clipped to [0, 1]."""
+    y = inverse_scaler(x)
+    return y.clamp(0, 1) if is_image_shape(shape) else y
+
+
+def check_finite_samples(x: torch.Tensor, sampler: str) -> None:
+    """A ValueError instead of files of NaN: the sampler or the network diverged."""
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of {len(x)} samples of sampler={sampler} hold NaN/Inf (first: "
+            f"sample {int(bad.nonzero()[0, 0])}); nothing was written. Check the weights (an "
+            "earlier checkpoint, ema=false), or use more steps (sampler.steps) / another sampler")
+
+
+def draw_samples(run, *, sampler: str = "pc", sampler_options: Mapping | None = None, n: int,
+                 seed: int = 0, batch_size: int = 64, score_fn=None, device=None,
+                 info: DistInfo | None = None, progress: bool = True):
+    """This rank's share of n samples of a loaded run, in data space (images in [0, 1])
+    -> (samples, their seeds, NFE, seconds); all of them in one process."""
+    info = info or DistInfo()
+    if n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    seeds = sample_seeds(seed, n)
+    mine = [seeds[i] for i in shard(n, info)]
+    x, nfe, seconds = generate(sampler, run.sde, score_fn or run.score_fn, run.shape, seeds=mine,
+                               batch_size=batch_size, options=sampler_options, device=device,
+                               progress=progress and info.is_main)
+    check_finite_samples(x, sampler)
+    return to_data_space(x, run.inverse_scaler, run.shape), mine, nfe, seconds
+
+
+def save_samples(samples: torch.Tensor, seeds: Sequence[int], out, *, title: str = "") -> dict:
+    """`out` (.npz: samples in data space, their seeds) and its figure next to it (.png)."""
+    out = Path(out)
+    arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+    atomic_write(out, lambda f: np.savez(f, **arrays))
+    png = save_figure(samples, out.with_suffix(".png"), title=title)
+    return {"npz": str(out), "png": str(png) if png else None}
+
+
+def save_pngs(images: torch.Tensor, seeds: Sequence[int], out_dir) -> list[Path]:
+    """One `{seed:06d}.png` per image (C, H, W) in [0, 1] (EDM's layout, read by FID tools)."""
+    paths = []
+    for image, s in zip(images, seeds):
+        array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        paths.append(save_png(array[..., 0] if array.shape[-1] == 1 else array,
+                              Path(out_dir) / f"{int(s):06d}.png"))
+    return paths
+
+
+def _outputs(run_dir: Path, *, sampler: str, seed: int, n: int, format: str, out, out_dir,
+             shape) -> Path:
+    """The .npz file (format=npz) or folder (format=png) to write, checked writable."""
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}; choose one of {list(FORMATS)}")
+    if format == "png":
+        if not is_image_shape(shape):
+            raise ValueError(f"format=png writes images, but this run's data is shaped "
+                             f"{list(shape)}; use format=npz")
+        target = Path(out_dir) if out_dir else run_dir / "samples" / f"{sampler}_seed{seed}_n{n}"
+        return check_writable(target, what="output folder")
+    target = Path(out) if out else run_dir / "samples" / f"{sampler}_seed{seed}_n{n}.npz"
+    check_writable(target.parent, what="output folder")
+    return target
+
+
+def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None = None,
+               n: int = 64, seed: int = 0, batch_size: int = 64, out=None, format: str = "npz",
+               out_dir=None, ema: bool = True, device=None, runs_root=RUNS_ROOT,
+               info: DistInfo | None = None, progress: bool = True) -> dict:
+    """Sample a run (directory or checkpoint; None: the newest under `runs_root`) and write
+    the files; returns the JSON record, also printed and appended to <run>/samples.jsonl.
+
+    format="npz": `out` (default <run>/samples/<sampler>_seed<S>_n<N>.npz) and a figure next to
+    it; format="png": one `{seed:06d}.png` per sample in `out_dir`."""
+    from sde.runs.load import load_run
+
+    info = info or DistInfo()
+    for key, value, low in (("n", n, 1), ("seed", seed, 0), ("batch_size", batch_size, 1)):
+        check_int(value, key, low)
+    check_bool(ema, "ema")
+    path = resolve_run(run, runs_root)  # a bad path fails before anything heavy
+    device = resolve_device(device, local_rank=info.local_rank)
+    loaded = load_run(path, ema=ema, device=device)
+    run_dir = run_dir_of(path)
+    target = _outputs(run_dir, sampler=sampler, seed=seed, n=n, format=format, out=out,
+                      out_dir=out_dir, shape=loaded.shape)
+    samples, seeds, nfe, seconds = draw_samples(
+        loaded, sampler=sampler, sampler_options=sampler_options, n=n, seed=seed,
+        batch_size=batch_size, device=device, info=info, progress=progress)
+    if format == "png":
+        save_pngs(samples, seeds, target)
+        files = {"out_dir": str(target)}
+    parts = gather_to_main((samples, seeds, seconds) if format == "npz" else seconds, info)
+    if not info.is_main:
+        return {}
+    if format == "npz":
+        samples = torch.cat([p[0] for p in parts])
+        seeds = [s for p in parts for s in p[1]]
+        files = save_samples(samples, seeds, target, title=f"{sampler}, NFE {nfe:g}")
+    seconds = max(p[2] if format == "npz" else p for p in parts)
+    record = {"run": str(path), "sampler": sampler, "n": n, "seed": seed,
+              "batch_size": batch_size, "nfe": nfe, "seconds": round(seconds, 3),
+              "img_per_s": round(n / max(seconds, 1e-9), 3), "device": str(device),
+              "processes": info.world, "format": format, **files}
+    log_record(record, run_dir / "samples.jsonl")
+    return record
+
+
+def log_record(record: dict, path: Path) -> None:
+    """Print the JSON record and append it as one line to `path`."""
+    line = json.dumps(record)
+    print(line, flush=True)
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:  # a read-only run folder (the samples went elsewhere): not fatal
+        warnings.warn(f"could not append to {path}: {e}", stacklevel=2)
