@@ -1,5 +1,5 @@
 """The training images scored against their own reference statistics, through the function
-`sde.evaluate` computes FID/KID/IS with (issue 10 section 4): FID is 0 to rounding, KID equals its
+`sde.evaluate` (through `sde.runs.evaluate.image_quality`) computes FID/KID/IS with (issue 10 section 4): FID is 0 to rounding, KID equals its
 closed form for two copies of one set, IS the formula applied to the network's logits. Random
 Inception weights, written by the test."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sde.evaluate import image_quality
+from sde.runs.evaluate import EvalOptions, image_quality
 from sde.metrics.inception import WEIGHTS_FILE, FIDInceptionV3, load_inception
 
 N, SIZE = 6, 16
@@ -58,9 +58,10 @@ def setup(tmp_path_factory):
 
 def score(samples, data, weights, metrics=("fid", "kid", "is")):
     net = load_inception(weights)
-    return image_quality(samples, net, data, metrics=list(metrics), weights=str(weights),
-                         reference_stats=None, batch_size=4, device="cpu", kid_subsets=3,
-                         kid_subset_size=N, is_splits=2, progress=False)
+    opts = EvalOptions(inception_weights=str(weights), reference_stats=None, batch_size=4,
+                       kid_subsets=3, kid_subset_size=N, is_splits=2)
+    return image_quality(samples, net, data, metrics=list(metrics), opts=opts, device="cpu",
+                         progress=False)
 
 
 def inception_score_by_hand(logits: np.ndarray, splits: int) -> float:
