@@ -149,7 +149,8 @@ def test_training_refuses_data_the_network_cannot_take_before_writing(tmp_path):
     with pytest.raises(DataError, match=r"takes examples shaped \[2\], but the data is "
                        r"shaped \[1, 8, 8\].*model.dim"):
         run(cfg, tmp_path / "run")
-    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+    run_dir = tmp_path / "run"  # refused before anything is written (the folder is only claimed)
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
 
 
 def test_streaming_folder_trains_and_resumes_bit_identically(tmp_path):
