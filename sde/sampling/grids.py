@@ -68,7 +68,8 @@ def get_time_grid(sde, steps: int, grid: str = "uniform", *, eps: float = 1e-3,
         lam_T, lam_eps = (sde.log_snr(torch.tensor([s], dtype=torch.float64)) for s in (T, eps))
         t = sde.t_from_log_snr(lam_T + u * (lam_eps - lam_T))
     else:  # "edm"
-        s_max, s_min = (sigma_of(sde, torch.tensor([s])) ** (1.0 / rho) for s in (T, eps))
+        s_max, s_min = (sigma_of(sde, torch.tensor([s], dtype=torch.float64)) ** (1.0 / rho)
+                        for s in (T, eps))  # float64: a float32 eps moves every sigma
         t = t_of_sigma(sde, (s_max + u * (s_min - s_max)) ** rho)
     t = t.clone()
     t[0], t[-1] = T, eps  # exact end points (the inverse maps round)
