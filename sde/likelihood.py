@@ -121,9 +121,11 @@ def bits_per_dim(logp: torch.Tensor, x_or_dim, *, centered: bool = True, n_bits:
 def dequantize(k: torch.Tensor, generator=None, *, centered: bool = True, n_bits: int = 8):
     """Uniform dequantization of integer data k in {0, ..., 2^n - 1} to model space:
     y = (k + u) / 2^n, u ~ U[0, 1), then 2 y - 1 if `centered` (the convention of `bits_per_dim`).
-    Returns float32 (or k's dtype if floating)."""
+    Returns float32 (or k's dtype if floating), with y kept below 1 (float32 rounding)."""
     dtype = k.dtype if k.is_floating_point() else torch.float32
     noise = torch.rand(k.shape, generator=generator, dtype=dtype,
                        device=generator.device if generator is not None else k.device)
     y = (k.to(dtype) + noise.to(k.device)) / 2**n_bits
+    below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+    y = y.clamp(max=below_one.item())  # (255 + u) / 256 rounds up to 1 in float32 for u near 1
     return 2 * y - 1 if centered else y
