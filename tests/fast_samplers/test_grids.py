@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from sde import VESDE, VPSDE, SubVPSDE
-from sde.sampling.grids import GRIDS, get_time_grid
+from sde.sampling.grids import FORMULA_GRIDS, get_time_grid
 
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("grid", FORMULA_GRIDS)
 def test_grid_runs_from_T_down_to_eps(sde, grid):
     t = get_time_grid(sde, 12, grid, eps=1e-3)
     assert t.shape == (12,) and t.dtype == torch.float64
@@ -49,7 +49,7 @@ def test_grids_are_uniform_in_their_variable(sde, steps):
     so a wrong end point of the formula (or float32 arithmetic: 1.7e-8 relative on the "edm"
     sigmas) shows up there. Tolerance 1e-12 relative."""
     eps, rho, T = 1e-3, 7.0, sde.T
-    t = {g: get_time_grid(sde, steps, g, eps=eps, rho=rho) for g in GRIDS}
+    t = {g: get_time_grid(sde, steps, g, eps=eps, rho=rho) for g in FORMULA_GRIDS}
     torch.testing.assert_close(t["uniform"], line(T, eps, steps), rtol=1e-12, atol=0)
     torch.testing.assert_close(t["quadratic"].sqrt(), line(T**0.5, eps**0.5, steps), rtol=1e-12,
                                atol=0)
