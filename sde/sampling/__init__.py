@@ -20,6 +20,7 @@ from sde.sampling.fast import (
 from sde.sampling.grids import get_time_grid
 from sde.sampling.multistep import deis_sample, unipc_sample
 from sde.sampling.ode import denoise_step, ode_sample, solve_pf_ode
+from sde.sampling.optimal_grid import kl_upper_bound, optimize_grid
 from sde.sampling.pc import pc_sample
 from sde.sampling.predictors import (
     PREDICTORS,
@@ -35,6 +36,7 @@ from sde.sampling.registry import get_sampler
 __all__ = [
     "get_sampler", "get_time_grid", "ddim_sample", "heun_sample", "dpm_solver_sample",
     "dpm_solver_pp_sample", "adaptive_sample", "unipc_sample", "deis_sample",
+    "optimize_grid", "kl_upper_bound",
     "pc_sample", "ode_sample", "solve_pf_ode", "denoise_step",
     "get_predictor", "get_corrector", "PREDICTORS", "CORRECTORS",
     "Predictor", "EulerMaruyamaPredictor", "ReverseDiffusionPredictor",
