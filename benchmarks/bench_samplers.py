@@ -11,6 +11,12 @@ way (its spread shows the noise). The NFE each sampler needs to reach twice the 
 smallest budget from which on every larger budget stays <= 2 floor.
 
     python benchmarks/bench_samplers.py [--n 1000] [--chunks 5] [--plot runs/bench/samplers.png]
+    python benchmarks/bench_samplers.py --fewest [--n 2000] [--seeds 8]   # issue 16's table
+
+`--fewest`: four mixtures (2-D / 16-D, broad / tight and faint modes) under VP and VE; for each
+sampler x grid (UniPC, DEIS, DPM-Solver++, with the optimised "Align Your Steps" grid), the mean
+over seeds of ED / floor at every budget, the fewest NFE within 20 % of the converged error and
+2.5x the floor, and a comparison of final-step choices.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from sde import VESDE, VPSDE
 from sde.metrics.two_sample import energy_distance
 from sde.oracle import GaussianMixture
+from sde.sampling.optimal_grid import optimize_grid
 from sde.sampling.registry import get_sampler
 
 BUDGETS = (4, 6, 8, 10, 12, 16, 24, 32, 64, 128)
@@ -78,13 +85,19 @@ class Scorer:
 
 
 def run_sampler(name, sde, mixture, batch, seed, steps=None, options=None):
-    """Samples (batch, D) and true NFE of one sampler run."""
+    """Samples (batch, D) and true NFE of one sampler run (NaN samples where the sampler refuses
+    the budget, e.g. pc on VP with N <= beta_max)."""
     generator = torch.Generator().manual_seed(seed)
     kwargs = dict(options or {})
     if steps is not None:
         kwargs["steps"] = steps
-    return get_sampler(name)(sde, mixture.score_fn(sde), (batch, *mixture.event_shape),
-                             generator=generator, **kwargs)
+    try:
+        return get_sampler(name)(sde, mixture.score_fn(sde), (batch, *mixture.event_shape),
+                                 generator=generator, **kwargs)
+    except ValueError as e:
+        if "discrete chain" not in str(e):
+            raise
+        return torch.full((batch, *mixture.event_shape), float("nan")), steps or 0
 
 
 def bench_block(sde, mixture, args, budgets) -> dict:
@@ -183,6 +196,148 @@ def plot(results, path):
     plt.close(fig)
 
 
+# --- fewest steps (issue 16): NFE to converge, mean over seeds, optimised grids -----------------
+
+FEWEST_BUDGETS = (4, 5, 6, 8, 10, 12, 16, 24, 50)
+# label -> (registry name, options, grid); every one of these has nfe = steps
+FEWEST = {
+    "dpm_solver_pp-2M, logsnr": ("dpm_solver_pp", {"order": 2}, "logsnr"),
+    "dpm_solver_pp-3M, logsnr": ("dpm_solver_pp", {"order": 3}, "logsnr"),
+    "dpm_solver_pp-3M, optimized": ("dpm_solver_pp", {"order": 3}, "optimized"),
+    "unipc-bh1-2, logsnr": ("unipc", {"order": 2, "variant": "bh1"}, "logsnr"),
+    "unipc-bh2-2, logsnr": ("unipc", {"order": 2, "variant": "bh2"}, "logsnr"),
+    "unipc-bh2-2, optimized": ("unipc", {"order": 2, "variant": "bh2"}, "optimized"),
+    "unipc-bh2-3, logsnr": ("unipc", {"order": 3, "variant": "bh2"}, "logsnr"),
+    "unipc-bh2-3, optimized": ("unipc", {"order": 3, "variant": "bh2"}, "optimized"),
+    "deis-3, logsnr": ("deis", {"order": 3}, "logsnr"),
+    "deis-3, optimized": ("deis", {"order": 3}, "optimized"),
+    "ipndm-4, logsnr": ("deis", {"order": 4, "variant": "ipndm"}, "logsnr"),
+    "ipndm-4, optimized": ("deis", {"order": 4, "variant": "ipndm"}, "optimized"),
+    "ipndm-4, logsnr, eps=1e-2": ("deis", {"order": 4, "variant": "ipndm", "eps": 1e-2},
+                                  "logsnr"),
+    "unipc-bh2-2, optimized, eps=1e-2": ("unipc", {"order": 2, "variant": "bh2", "eps": 1e-2},
+                                         "optimized"),
+}
+# final-step variants of unipc-bh2-3 on the logSNR grid (Tweedie's D(y, eps) is always the output)
+FINAL_STEP = {
+    "Tweedie at eps = 1e-3, lower-order last steps (default)": {},
+    "Tweedie at eps = 1e-3, full order to the end": {"lower_order_final": False},
+    "clipped last sigma: eps = 1e-2, lower-order last steps": {"eps": 1e-2},
+    "clipped last sigma: eps = 3e-2, lower-order last steps": {"eps": 3e-2},
+    "clipped last sigma: eps = 1e-2, full order to the end": {"eps": 1e-2,
+                                                              "lower_order_final": False},
+}
+
+
+def fewest_problems() -> dict:
+    """Four mixtures: 2-D and 16-D, broad, and with tight plus faint modes."""
+    ring = GaussianMixture.ring(8, radius=2.0, std=0.2)
+    angles = torch.arange(6, dtype=torch.float64) * (2 * torch.pi / 6)
+    tight = GaussianMixture(torch.stack([2 * angles.cos(), 2 * angles.sin()], 1),
+                            [0.02, 0.3, 0.05, 0.3, 0.02, 0.6], [0.3, 0.2, 0.2, 0.2, 0.08, 0.02])
+    broad = GaussianMixture.random(6, (16,), spread=1.0, std=(0.1, 0.5), seed=1)
+    faint = GaussianMixture.random(5, (16,), spread=1.0, std=(0.02, 0.3), seed=2)
+    faint = GaussianMixture(faint.means, faint.stds, [0.4, 0.3, 0.2, 0.07, 0.03])
+    return {"ring 2-D": ring, "tight+faint 2-D": tight, "mixture 16-D": broad,
+            "tight+faint 16-D": faint}
+
+
+def fewest_block(sde, mixture, args) -> dict:
+    """Mean over seeds of ED / floor for every FEWEST sampler at every budget, and the final-step
+    table. The optimised grid is computed once per budget from 128 exact samples (seeded; 3 sweeps
+of 10 golden-section iterations)."""
+    n, seeds = args.n, range(args.seeds)
+    g = torch.Generator().manual_seed(args.seed)
+    refs = [mixture.sample(n, g) for _ in seeds]
+    floor = sum(abs(energy_distance(mixture.sample(n, g), mixture.sample(n, g)))
+                for _ in range(2 * args.seeds)) / (2 * args.seeds)
+    score_fn = mixture.score_fn(sde)
+    x0 = mixture.sample(128, torch.Generator().manual_seed(args.seed + 7), dtype=torch.float64)
+    times, opt_seconds = {}, []
+
+    def grid_times(steps, eps):
+        if (steps, eps) not in times:
+            t0 = time.time()
+            times[steps, eps] = optimize_grid(sde, score_fn, steps, x0, eps=eps, sweeps=3,
+                                              iters=10, generator=torch.Generator().manual_seed(1))
+            opt_seconds.append(time.time() - t0)
+        return times[steps, eps]
+
+    def mean_ratio(name, options, grid, steps) -> float:
+        extra = {"times": grid_times(steps, options.get("eps", 1e-3))} if grid == "optimized" else {}
+        eds = []
+        for s, ref in zip(seeds, refs):
+            x, nfe = get_sampler(name)(sde, score_fn, (n, *mixture.event_shape), steps=steps,
+                                       grid=grid, generator=torch.Generator().manual_seed(100 + s),
+                                       **options, **extra)
+            assert nfe == steps
+            eds.append(energy_distance(x, ref))
+        return sum(eds) / len(eds) / floor
+
+    rows = {label: [(b, mean_ratio(name, o, grid, b)) for b in FEWEST_BUDGETS]
+            for label, (name, o, grid) in FEWEST.items()}
+    final = {label: [(b, mean_ratio("unipc", {"order": 3, **o}, "logsnr", b)) for b in (5, 6, 8)]
+             for label, o in FINAL_STEP.items()}
+    return {"floor": floor, "rows": rows, "final": final,
+            "optimize_seconds": sum(opt_seconds) / max(len(opt_seconds), 1)}
+
+
+def converged_nfe(points, *, rel=0.2, cap=2.5):
+    """Fewest NFE from which on every budget is within `rel` of the converged (largest-budget)
+    error and within `cap` x the floor. Errors are ED / floor, which is unbiased (an exact
+    sampler averages 0), so "within 20 %" is taken as r <= r_conv + rel max(|r_conv|, 1)."""
+    r_conv = points[-1][1]
+    best = None
+    for nfe, r in reversed(points):
+        if not (r <= cap and r <= r_conv + rel * max(abs(r_conv), 1.0)):
+            break
+        best = nfe
+    return best
+
+
+def print_fewest(results):
+    print("\n### Fewest NFE within 20 % of the converged error and 2.5x the floor "
+          "(mean over seeds)\n")
+    titles = list(results)
+    print("| sampler, grid | " + " | ".join(titles) + " |")
+    print("|" + "---|" * (len(titles) + 1))
+    for label in FEWEST:
+        cells = [str(converged_nfe(results[t]["rows"][label]) or "> 50") for t in titles]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("\n| ED / floor at 50 NFE | " + " | ".join(titles) + " |")
+    print("|" + "---|" * (len(titles) + 1))
+    for label in FEWEST:
+        print(f"| {label} | " + " | ".join(fmt(results[t]["rows"][label][-1][1])
+                                          for t in titles) + " |")
+    for t in titles:
+        r = results[t]
+        print(f"\n#### {t}: ED / floor by NFE (floor {r['floor']:.2e}; optimize_grid "
+              f"{r['optimize_seconds']:.1f} s per budget)\n")
+        print("| sampler, grid | " + " | ".join(map(str, FEWEST_BUDGETS)) + " |")
+        print("|" + "---|" * (len(FEWEST_BUDGETS) + 1))
+        for label, points in r["rows"].items():
+            print(f"| {label} | " + " | ".join(fmt(v) for _, v in points) + " |")
+        print("\n| final step (unipc-bh2-3, logsnr) | 5 | 6 | 8 |\n|---|---|---|---|")
+        for label, points in r["final"].items():
+            print(f"| {label} | " + " | ".join(fmt(v) for _, v in points) + " |")
+
+
+def main_fewest(args):
+    start, results = time.time(), {}
+    for data_name, mixture in fewest_problems().items():
+        for sde in (VPSDE(), VESDE()):
+            title = f"{data_name}, {'VP' if isinstance(sde, VPSDE) else 'VE'}"
+            results[title] = fewest_block(sde, mixture, args)
+            print(f"({title}: {time.time() - start:.0f} s so far)", flush=True)
+            print_fewest({title: results[title]})
+    print_fewest(results)
+    print(f"\nn = {args.n} samples x {args.seeds} seeds; {time.time() - start:.0f} s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="samples per set")
@@ -194,8 +349,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for these small batches)")
+    parser.add_argument("--fewest", action="store_true",
+                        help="issue-16 table: fewest NFE to converge (UniPC, DEIS, optimised grids)")
+    parser.add_argument("--seeds", type=int, default=8, help="seeds per cell (--fewest)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.fewest:
+        return main_fewest(args)
     # pc on VP at N <= beta_max = 20 steps breaks the DDPM chain (NaN in the table, by design)
     warnings.filterwarnings("ignore", message="the discrete chain needs")
     budgets = QUICK_BUDGETS if args.quick else BUDGETS

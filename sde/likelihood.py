@@ -18,8 +18,15 @@ import math
 import torch
 from torchdiffeq import odeint
 
-from sde.sampling.ode import solver_options
-from sde.utils import CountedScore, batch_time, flat_dim, rademacher_like, randn_like
+from sde.sampling.ode import reraise_nonfinite, solver_options
+from sde.utils import (
+    CountedScore,
+    batch_time,
+    check_tolerances,
+    flat_dim,
+    rademacher_like,
+    randn_like,
+)
 
 HUTCHINSON = ("rademacher", "gaussian", "exact")
 
@@ -49,7 +56,8 @@ def divergence(f: torch.Tensor, x: torch.Tensor, probe: torch.Tensor | None) -> 
     return div
 
 
-def _check_args(hutchinson: str, x: torch.Tensor, eps: float, sde, max_exact_dim: int) -> str:
+def _check_args(hutchinson: str, x: torch.Tensor, eps: float, sde, max_exact_dim: int, *,
+                rtol, atol) -> str:
     name = hutchinson.lower()
     if name not in HUTCHINSON:
         raise ValueError(f"unknown hutchinson {hutchinson!r}; choose one of {list(HUTCHINSON)}")
@@ -60,6 +68,7 @@ def _check_args(hutchinson: str, x: torch.Tensor, eps: float, sde, max_exact_dim
         )
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    check_tolerances(rtol=rtol, atol=atol)
     return name
 
 
@@ -75,7 +84,7 @@ def log_likelihood(sde, score_fn, x, *, hutchinson="rademacher", rtol=1e-5, atol
     dtype; logp and z come back in x's dtype. `hutchinson` is "rademacher", "gaussian" or
     "exact" (for dimension up to `max_exact_dim`). `nfe` counts `score_fn` calls.
     """
-    name = _check_args(hutchinson, x, eps, sde, max_exact_dim)
+    name = _check_args(hutchinson, x, eps, sde, max_exact_dim, rtol=rtol, atol=atol)
     counted = CountedScore(score_fn)
     rsde = sde.reverse(counted, probability_flow=True)
     probe = _probe(name, x, generator)
@@ -90,9 +99,11 @@ def log_likelihood(sde, score_fn, x, *, hutchinson="rademacher", rtol=1e-5, atol
 
     state = (x.to(solver_dtype), torch.zeros(x.shape[0], dtype=solver_dtype, device=x.device))
     times = torch.tensor([eps, sde.T], dtype=solver_dtype, device=x.device)
-    x_T, delta_logp = (s[-1] for s in odeint(ode_func, state, times, rtol=rtol, atol=atol,
-                                              method=method, options=options))
+    with reraise_nonfinite(counted, "log_likelihood"):
+        x_T, delta_logp = (s[-1] for s in odeint(ode_func, state, times, rtol=rtol, atol=atol,
+                                                  method=method, options=options))
     logp = sde.prior_logp(x_T) + delta_logp
+    counted.check(logp, x_T, what="log_likelihood")
     return logp.to(x.dtype), x_T.to(x.dtype), counted.nfe
 
 
@@ -121,9 +132,11 @@ def bits_per_dim(logp: torch.Tensor, x_or_dim, *, centered: bool = True, n_bits:
 def dequantize(k: torch.Tensor, generator=None, *, centered: bool = True, n_bits: int = 8):
     """Uniform dequantization of integer data k in {0, ..., 2^n - 1} to model space:
     y = (k + u) / 2^n, u ~ U[0, 1), then 2 y - 1 if `centered` (the convention of `bits_per_dim`).
-    Returns float32 (or k's dtype if floating)."""
+    Returns float32 (or k's dtype if floating), with y kept below 1 (float32 rounding)."""
     dtype = k.dtype if k.is_floating_point() else torch.float32
     noise = torch.rand(k.shape, generator=generator, dtype=dtype,
                        device=generator.device if generator is not None else k.device)
     y = (k.to(dtype) + noise.to(k.device)) / 2**n_bits
+    below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+    y = y.clamp(max=below_one.item())  # (255 + u) / 256 rounds up to 1 in float32 for u near 1
     return 2 * y - 1 if centered else y

@@ -97,13 +97,44 @@ def lookup(registry: dict, name: str, kind: str):
     return registry[name]
 
 
+class NonFiniteError(FloatingPointError, ValueError):
+    """A sampler or the likelihood met NaN or Inf (a ValueError too, so entry points report it
+    as a bad input rather than a crash)."""
+
+
+def check_tolerances(**tolerances) -> None:
+    """Raise a ValueError naming each tolerance (rtol=..., atol=...) that is not a number > 0."""
+    for key, value in tolerances.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{key} must be a number > 0 (an ODE solver tolerance, e.g. "
+                             f"{key}=1e-5), got {value!r}")
+
+
 class CountedScore:
-    """Wraps a `score_fn(x, t)` and counts its calls (the NFE every sampler reports)."""
+    """Wraps a `score_fn(x, t)`, counts its calls (the NFE every sampler reports) and records,
+    without a device sync, whether every output was finite; `check` syncs once at the end."""
 
     def __init__(self, score_fn):
         self.score_fn = score_fn
         self.nfe = 0
+        self.finite = None  # a 0-d bool tensor once called: all outputs finite so far
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return self.score_fn(x, t)
+        score = self.score_fn(x, t)
+        ok = torch.isfinite(score.detach()).all()
+        self.finite = ok if self.finite is None else self.finite & ok
+        return score
+
+    def check(self, *outputs: torch.Tensor, what: str = "sampling") -> None:
+        """Raise NonFiniteError if a score call returned NaN/Inf, or if an output is not finite."""
+        if self.finite is not None and not bool(self.finite):
+            raise NonFiniteError(
+                f"score_fn returned NaN or Inf during {what} (within {self.nfe} calls), so the "
+                f"result would be NaN: check the network weights (a checkpoint with NaN?), the "
+                f"data scaling and the SDE's parameters")
+        for out in outputs:
+            if not bool(torch.isfinite(out).all()):
+                raise NonFiniteError(
+                    f"{what} produced NaN or Inf although every score_fn call was finite: the "
+                    f"solver diverged; use more steps, a smaller tolerance or another sampler")

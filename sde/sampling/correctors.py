@@ -28,6 +28,18 @@ class Corrector:
         """Langevin step size h (B,)."""
         raise NotImplementedError
 
+    def check_steps(self, t: torch.Tensor) -> str | None:
+        """What is wrong with the step-size factor alpha_i at the times t (N,), or None: it must
+        be finite and > 0 (for DDPM's chain alpha_i = 1 - beta_i)."""
+        if self.n_steps == 0:
+            return None
+        scale = self.sde.langevin_scale(t.to(torch.float64))
+        bad = ~(torch.isfinite(scale) & (scale > 0))
+        if not bool(bad.any()):
+            return None
+        return (f"the Langevin step factor alpha_i = {scale[bad][0].item():.4g} <= 0 at "
+                f"t = {t[bad.nonzero()[0, 0]].item():.4g}")
+
     def update_fn(self, x: torch.Tensor, t: torch.Tensor, generator=None):
         x_mean = x
         for _ in range(self.n_steps):
@@ -73,6 +85,9 @@ class NoneCorrector(Corrector):
 
     def __init__(self, sde, score_fn, snr: float = 0.0, n_steps: int = 0, **unused):
         self.sde, self.score_fn, self.snr, self.n_steps = sde, score_fn, snr, n_steps
+
+    def check_steps(self, t):
+        return None
 
     def update_fn(self, x, t, generator=None):
         return x, x

@@ -20,7 +20,7 @@ import math
 import torch
 
 from sde.sampling.grids import get_time_grid, sigma_of, t_of_sigma
-from sde.utils import CountedScore, append_dims, batch_time, randn_like
+from sde.utils import CountedScore, append_dims, batch_time, check_tolerances, randn_like
 
 
 class Denoiser:
@@ -44,10 +44,16 @@ class Denoiser:
         x = alpha * y
         return y + (std**2 / alpha) * self.score_fn(x, batch_time(t, x))
 
+    def finish(self, x: torch.Tensor, what: str) -> tuple[torch.Tensor, int]:
+        """(x, nfe) after checking once that no score call and not x is NaN/Inf."""
+        self.score_fn.check(x, what=what)
+        return x, self.nfe
 
-def _start(sde, score_fn, shape, steps, grid, eps, rho, generator, device, dtype):
-    """Denoiser, grid times (floats), noise levels with sigma = 0 appended, y_T = x_T / alpha_T."""
-    ts = get_time_grid(sde, steps, grid, eps=eps, rho=rho)
+
+def _start(sde, score_fn, shape, steps, grid, eps, rho, generator, device, dtype, times=None):
+    """Denoiser, grid times (floats), noise levels with sigma = 0 appended, y_T = x_T / alpha_T.
+    `times`: the stored grid of grid="optimized" (see `get_time_grid`)."""
+    ts = get_time_grid(sde, steps, grid, eps=eps, rho=rho, times=times)
     sigmas = sigma_of(sde, ts).tolist() + [0.0]
     denoiser = Denoiser(sde, score_fn)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
@@ -60,13 +66,13 @@ def _time_at(sde, sigma: float) -> float:
 
 @torch.no_grad()
 def ddim_sample(sde, score_fn, shape, *, steps, grid="uniform", eps=1e-3, eta=0.0, rho=7.0,
-                generator=None, device=None, dtype=torch.float32):
+                times=None, generator=None, device=None, dtype=torch.float32):
     """DDIM (Song, Meng & Ermon 2021, Eq. 12) -> (x, nfe = steps). eta = 0 is deterministic (the
     first-order DPM-Solver); eta = 1 draws the DDPM posterior q(x_t | x_s, x_0) (ancestral)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     denoiser, ts, sigmas, y = _start(sde, score_fn, shape, steps, grid, eps, rho, generator,
-                                     device, dtype)
+                                     device, dtype, times=times)
     for i, t in enumerate(ts):
         s, s_next = sigmas[i], sigmas[i + 1]
         x0 = denoiser(y, t)
@@ -74,13 +80,13 @@ def ddim_sample(sde, score_fn, shape, *, steps, grid="uniform", eps=1e-3, eta=0.
         y = x0 + math.sqrt(s_next**2 - noise_std**2) * (y - x0) / s
         if noise_std > 0:
             y = y + noise_std * randn_like(y, generator)
-    return y, denoiser.nfe
+    return denoiser.finish(y, "ddim_sample")
 
 
 @torch.no_grad()
 def heun_sample(sde, score_fn, shape, *, steps, grid="edm", eps=1e-3, rho=7.0, S_churn=0.0,
-                S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0, generator=None, device=None,
-                dtype=torch.float32):
+                S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0, times=None, generator=None,
+                device=None, dtype=torch.float32):
     """Heun's 2nd-order method with stochastic churn (Karras et al. 2022, Algorithm 2) ->
     (x, nfe = 2 steps - 1). S_tmin, S_tmax are noise levels sigma = std / alpha, as in EDM;
     sigma_hat is capped at sigma(T), the top of the SDE's time range."""
@@ -88,7 +94,7 @@ def heun_sample(sde, score_fn, shape, *, steps, grid="edm", eps=1e-3, rho=7.0, S
         raise ValueError(f"need S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax, got "
                          f"S_churn={S_churn}, S_noise={S_noise}, S_tmin={S_tmin}, S_tmax={S_tmax}")
     denoiser, ts, sigmas, y = _start(sde, score_fn, shape, steps, grid, eps, rho, generator,
-                                     device, dtype)
+                                     device, dtype, times=times)
     for i, t in enumerate(ts):
         s, s_next = sigmas[i], sigmas[i + 1]
         gamma = min(S_churn / steps, math.sqrt(2.0) - 1.0) if S_tmin <= s <= S_tmax else 0.0
@@ -102,7 +108,7 @@ def heun_sample(sde, score_fn, shape, *, steps, grid="edm", eps=1e-3, rho=7.0, S
             d_next = (y_next - denoiser(y_next, ts[i + 1])) / s_next
             y_next = y + (s_next - s_hat) * 0.5 * (d + d_next)
         y = y_next
-    return y, denoiser.nfe
+    return denoiser.finish(y, "heun_sample")
 
 
 def _dpm_solver_step(denoiser, sde, y, t, s, s_next, order):
@@ -126,16 +132,16 @@ def _dpm_solver_step(denoiser, sde, y, t, s, s_next, order):
 
 @torch.no_grad()
 def dpm_solver_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3, order=2,
-                      rho=7.0, generator=None, device=None, dtype=torch.float32):
+                      rho=7.0, times=None, generator=None, device=None, dtype=torch.float32):
     """Single-step DPM-Solver-2 or -3 (Lu et al. 2022, Algorithms 1-2) -> (x, nfe = order (steps
     - 1) + 1). Deterministic; `generator` only draws x_T."""
     if order not in (2, 3):
         raise ValueError(f"dpm_solver order must be 2 or 3, got {order!r}")
     denoiser, ts, sigmas, y = _start(sde, score_fn, shape, steps, grid, eps, rho, generator,
-                                     device, dtype)
+                                     device, dtype, times=times)
     for i, t in enumerate(ts[:-1]):
         y = _dpm_solver_step(denoiser, sde, y, t, sigmas[i], sigmas[i + 1], order)
-    return denoiser(y, ts[-1]), denoiser.nfe
+    return denoiser.finish(denoiser(y, ts[-1]), "dpm_solver_sample")
 
 
 def _dpm_solver_pp_update(y, x0s, lams, s, s_next, order):
@@ -161,7 +167,7 @@ def _dpm_solver_pp_update(y, x0s, lams, s, s_next, order):
 
 @torch.no_grad()
 def dpm_solver_pp_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3, order=2,
-                         lower_order_final=True, rho=7.0, generator=None, device=None,
+                         lower_order_final=True, rho=7.0, times=None, generator=None, device=None,
                          dtype=torch.float32):
     """Multistep DPM-Solver++(2M) / (3M) with data prediction (Lu et al. 2022b, Algorithm 2)
     -> (x, nfe = steps). The first steps warm up with lower orders; with fewer than 10 steps
@@ -169,7 +175,7 @@ def dpm_solver_pp_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3
     if order not in (2, 3):
         raise ValueError(f"dpm_solver_pp order must be 2 or 3, got {order!r}")
     denoiser, ts, sigmas, y = _start(sde, score_fn, shape, steps, grid, eps, rho, generator,
-                                     device, dtype)
+                                     device, dtype, times=times)
     n_steps = len(ts) - 1
     x0s, lams = [], []
     for i, t in enumerate(ts[:-1]):
@@ -178,7 +184,7 @@ def dpm_solver_pp_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3
         if lower_order_final and n_steps < 10:
             step_order = min(step_order, n_steps - i)
         y = _dpm_solver_pp_update(y, x0s, lams, sigmas[i], sigmas[i + 1], step_order)
-    return denoiser(y, ts[-1]), denoiser.nfe
+    return denoiser.finish(denoiser(y, ts[-1]), "dpm_solver_pp_sample")
 
 
 def _ggf_step(rsde, x, x_prev, z, t, h, *, eps, rtol, atol, safety, exponent):
@@ -221,6 +227,7 @@ def adaptive_sample(sde, score_fn, shape, *, steps=100, grid=None, eps=1e-3, rto
     """
     if grid is not None:
         raise ValueError(f"adaptive_sample picks its own steps; pass grid=None, not {grid!r}")
+    check_tolerances(rtol=rtol, atol=atol)
     if not (rtol > 0 and atol > 0 and 0 < safety <= 1 and exponent > 0):
         raise ValueError(f"need rtol > 0, atol > 0, 0 < safety <= 1, exponent > 0, got "
                          f"rtol={rtol}, atol={atol}, safety={safety}, exponent={exponent}")
@@ -234,6 +241,7 @@ def adaptive_sample(sde, score_fn, shape, *, steps=100, grid=None, eps=1e-3, rto
     for _ in range(max_iters):
         if not (t - eps > 1e-9).any():
             break
+        denoiser.score_fn.check(what="adaptive_sample")  # NaN would stall the step control
         x, x_prev, t, h, accept = _ggf_step(rsde, x, x_prev, z, t, h, eps=eps, rtol=rtol,
                                             atol=atol, safety=safety, exponent=exponent)
         fresh = randn_like(x, generator)  # drawn for every example: batch-independent
@@ -242,4 +250,4 @@ def adaptive_sample(sde, score_fn, shape, *, steps=100, grid=None, eps=1e-3, rto
         raise RuntimeError(f"adaptive_sample did not reach eps in {max_iters} iterations; "
                            f"loosen rtol/atol or raise max_iters")
     alpha = denoiser.coeffs(eps)[0]
-    return denoiser(x / alpha, eps), denoiser.nfe
+    return denoiser.finish(denoiser(x / alpha, eps), "adaptive_sample")

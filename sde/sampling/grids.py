@@ -18,7 +18,8 @@ import torch
 
 from sde.utils import check_eps
 
-GRIDS = ("uniform", "logsnr", "edm", "quadratic")
+FORMULA_GRIDS = ("uniform", "logsnr", "edm", "quadratic")
+GRIDS = (*FORMULA_GRIDS, "optimized")  # "optimized": stored times from `optimize_grid`
 
 
 def check_grid_args(sde, steps: int, eps: float, grid: str, rho: float = 7.0) -> None:
@@ -43,8 +44,25 @@ def t_of_sigma(sde, sigma: torch.Tensor) -> torch.Tensor:
     return sde.t_from_log_snr(-2.0 * torch.log(torch.as_tensor(sigma, dtype=torch.float64)))
 
 
+def check_stored_grid(sde, steps: int, eps: float, times) -> torch.Tensor:
+    """`times` as a float64 tensor, or a ValueError unless it is a grid of `steps` strictly
+    decreasing times from T to eps (what `optimize_grid` returns)."""
+    if times is None:
+        raise ValueError("grid='optimized' needs times=...: compute them once with "
+                         "sde.sampling.optimize_grid(sde, score_fn, steps, x0) and pass them")
+    t = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
+    if t.shape != (steps,):
+        raise ValueError(f"the stored grid has {t.numel()} times but steps={steps}; recompute "
+                         f"it with optimize_grid for this number of steps")
+    if not (abs(t[0].item() - sde.T) < 1e-9 and abs(t[-1].item() - eps) < 1e-9
+            and bool((t.diff() < 0).all())):
+        raise ValueError(f"the stored grid must decrease strictly from T={sde.T} to eps={eps}, "
+                         f"got {t.tolist()}")
+    return t
+
+
 def get_time_grid(sde, steps: int, grid: str = "uniform", *, eps: float = 1e-3,
-                  rho: float = 7.0) -> torch.Tensor:
+                  rho: float = 7.0, times=None) -> torch.Tensor:
     """`steps` decreasing times from T to eps (float64), spaced by `grid`:
 
     - "uniform": uniform in t (DDIM's skip schedule, Song et al. 2021a);
@@ -53,9 +71,15 @@ def get_time_grid(sde, steps: int, grid: str = "uniform", *, eps: float = 1e-3,
       the SDE's `t_from_log_snr`;
     - "quadratic": uniform in sqrt(t) (DPM-Solver's "time_quadratic").
 
+    - "optimized": the stored `times` (from `optimize_grid`), checked and returned.
+
     The last step of every sampler goes from eps to sigma = 0 (see the module docstring).
     """
     check_grid_args(sde, steps, eps, grid, rho)
+    if grid == "optimized" or times is not None:
+        if grid != "optimized":
+            raise ValueError(f"times=... is the stored grid of grid='optimized', not {grid!r}")
+        return check_stored_grid(sde, steps, eps, times)
     T = float(sde.T)
     if steps == 1:
         return torch.tensor([T], dtype=torch.float64)
@@ -68,7 +92,8 @@ def get_time_grid(sde, steps: int, grid: str = "uniform", *, eps: float = 1e-3,
         lam_T, lam_eps = (sde.log_snr(torch.tensor([s], dtype=torch.float64)) for s in (T, eps))
         t = sde.t_from_log_snr(lam_T + u * (lam_eps - lam_T))
     else:  # "edm"
-        s_max, s_min = (sigma_of(sde, torch.tensor([s])) ** (1.0 / rho) for s in (T, eps))
+        s_max, s_min = (sigma_of(sde, torch.tensor([s], dtype=torch.float64)) ** (1.0 / rho)
+                        for s in (T, eps))  # float64: a float32 eps moves every sigma
         t = t_of_sigma(sde, (s_max + u * (s_min - s_max)) ** rho)
     t = t.clone()
     t[0], t[-1] = T, eps  # exact end points (the inverse maps round)

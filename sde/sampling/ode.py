@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torchdiffeq import odeint
 
 from sde.sampling.predictors import ReverseDiffusionPredictor
-from sde.utils import CountedScore, batch_time, check_eps
+from sde.utils import CountedScore, batch_time, check_eps, check_tolerances
 
 #: torchdiffeq solvers that step on a fixed grid (they need `step_size` or a grid of times).
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",
@@ -46,6 +48,7 @@ def solve_pf_ode(sde, score_fn, x, t_start: float, t_end: float, *, rtol=1e-5, a
     keeps `x`'s dtype and device; the whole batch shares one adaptive step (as in score_sde).
     Fixed-grid methods take `sde.N` steps unless `options` say otherwise.
     """
+    check_tolerances(rtol=rtol, atol=atol)
     counted = CountedScore(score_fn)
     rsde = sde.reverse(counted, probability_flow=True)
     options = solver_options(method, t_start, t_end, sde.N, options, device=x.device)
@@ -54,9 +57,19 @@ def solve_pf_ode(sde, score_fn, x, t_start: float, t_end: float, *, rtol=1e-5, a
         return rsde.sde(x, batch_time(t, x))[0]
 
     times = torch.tensor([t_start, t_end], dtype=x.dtype, device=x.device)
-    with torch.no_grad():
+    with torch.no_grad(), reraise_nonfinite(counted, "the probability-flow ODE"):
         x_end = odeint(drift, x, times, rtol=rtol, atol=atol, method=method, options=options)[-1]
     return x_end, counted.nfe
+
+
+@contextlib.contextmanager
+def reraise_nonfinite(counted: CountedScore, what: str):
+    """Turn torchdiffeq's "underflow in dt" after a NaN score into the NonFiniteError naming it."""
+    try:
+        yield
+    except AssertionError:
+        counted.check(what=what)
+        raise
 
 
 def denoise_step(sde, score_fn, x, eps: float):
@@ -76,10 +89,12 @@ def ode_sample(sde, score_fn, shape, *, rtol=1e-5, atol=1e-5, method="dopri5", e
     step at eps, taking its mean (one more score evaluation, counted in `nfe`).
     """
     check_eps(sde, eps)
+    check_tolerances(rtol=rtol, atol=atol)
     counted = CountedScore(score_fn)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
     x, _ = solve_pf_ode(sde, counted, x, sde.T, eps, rtol=rtol, atol=atol, method=method,
                         options=options)
     if denoise:
         x = denoise_step(sde, counted, x, eps)
+    counted.check(x, what="ode_sample")
     return x, counted.nfe

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from sde.sampling.correctors import get_corrector
@@ -27,13 +29,31 @@ def pc_sample(sde, score_fn, shape, *, predictor="reverse_diffusion", corrector=
     counted = CountedScore(score_fn)
     predictor_obj = get_predictor(predictor)(sde, counted, probability_flow)
     corrector_obj = get_corrector(corrector)(sde, counted, snr, n_steps, **(corrector_options or {}))
+    timesteps = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64)
+    check_chain(sde, predictor_obj, corrector_obj, timesteps)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
     x_mean = x
-    timesteps = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64)
     for i, t in enumerate(timesteps.tolist()):
         vec_t = batch_time(t, x)  # (B,)
         x, x_mean = corrector_obj.update_fn(x, vec_t, generator)
         x, x_mean = predictor_obj.update_fn(x, vec_t, generator)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x_mean": x_mean})
-    return (x_mean if denoise else x), counted.nfe
+    x = x_mean if denoise else x
+    counted.check(x, what="pc_sample")
+    return x, counted.nfe
+
+
+def check_chain(sde, predictor, corrector, timesteps: torch.Tensor) -> None:
+    """Raise a ValueError, before any sampling, if the predictor's or the corrector's discrete
+    steps are invalid on this grid (VP's DDPM chain with N <= beta_max has betas >= 1: NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDE's own warning; the error below replaces it
+        problems = [p for p in (predictor.check_steps(timesteps), corrector.check_steps(timesteps))
+                    if p]
+    if problems:
+        raise ValueError(
+            f"pc_sample on {sde!r}: {'; '.join(problems)}. The discrete chain needs more steps: "
+            f"for VP / sub-VP its betas beta_max / N must stay below 1, so use N (sampler.steps) "
+            f"> beta_max, or a continuous-time sampler (predictor='euler_maruyama' with "
+            f"corrector='none', sampler=ode, or a fast sampler such as dpm_solver_pp)")

@@ -26,6 +26,10 @@ class Predictor:
     def update_fn(self, x: torch.Tensor, t: torch.Tensor, generator=None):
         raise NotImplementedError
 
+    def check_steps(self, t: torch.Tensor) -> str | None:
+        """What is wrong with this predictor's discrete steps at the times t (N,), or None."""
+        return None
+
 
 class EulerMaruyamaPredictor(Predictor):
     """Euler-Maruyama step of the reverse SDE (Eq. 6) or probability-flow ODE, dt = -T / N."""
@@ -42,6 +46,15 @@ class EulerMaruyamaPredictor(Predictor):
 
 class ReverseDiffusionPredictor(Predictor):
     """Reverse diffusion: the forward chain `discretize` run backwards, x - f + G z (Eq. 46)."""
+
+    def check_steps(self, t):
+        """The forward step x + f must keep the sign of x (f / x > -1; for DDPM's chain
+        sqrt(1 - beta_i) > 0) and G must be finite."""
+        one = torch.ones(t.shape[0], 1, dtype=torch.float64)
+        f, G = self.sde.discretize(one, t.to(torch.float64))
+        bad = ~(torch.isfinite(f[:, 0]) & torch.isfinite(G) & (one[:, 0] + f[:, 0] > 0))
+        return _first_bad(bad, t, "the forward step x + f(x) of `discretize` flips or zeroes x "
+                                  "or is not finite")
 
     def update_fn(self, x, t, generator=None):
         f, G = self.rsde.discretize(x, t)
@@ -70,6 +83,12 @@ class AncestralSamplingPredictor(Predictor):
         sde.ancestral_step(probe, torch.full((1,), sde.T, dtype=torch.float64), probe)
         super().__init__(sde, score_fn, probability_flow)
 
+    def check_steps(self, t):
+        one = torch.ones(t.shape[0], 1, dtype=torch.float64)
+        x_mean, std = self.sde.ancestral_step(one, t.to(torch.float64), torch.zeros_like(one))
+        bad = ~(torch.isfinite(x_mean[:, 0]) & torch.isfinite(std))
+        return _first_bad(bad, t, "the ancestral step is not finite")
+
     def update_fn(self, x, t, generator=None):
         x_mean, std = self.sde.ancestral_step(x, t, self.score_fn(x, t))
         return x_mean + append_dims(std, x.ndim) * randn_like(x, generator), x_mean
@@ -80,6 +99,13 @@ class NonePredictor(Predictor):
 
     def update_fn(self, x, t, generator=None):
         return x, x
+
+
+def _first_bad(bad: torch.Tensor, t: torch.Tensor, what: str) -> str | None:
+    """`what` and the first time t where `bad` (N,) holds, or None if nowhere."""
+    if not bool(bad.any()):
+        return None
+    return f"{what} at t = {t[bad.nonzero()[0, 0]].item():.4g}"
 
 
 PREDICTORS = {

@@ -13,6 +13,7 @@ from sde.sampling.fast import (
     dpm_solver_sample,
     heun_sample,
 )
+from sde.sampling.multistep import deis_sample, unipc_sample
 from sde.utils import lookup
 
 
@@ -66,6 +67,8 @@ SAMPLERS = {
     "dpm_solver": dpm_solver_sample,
     "dpm_solver_pp": dpm_solver_pp_sample,
     "adaptive": adaptive_sample,
+    "unipc": unipc_sample,
+    "deis": deis_sample,
 }
 
 

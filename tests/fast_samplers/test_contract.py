@@ -1,13 +1,16 @@
 """One contract for every sampler of the registry: shape, dtype, finiteness, true NFE, seeded
 determinism; bad names and options raise ValueError."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
-from sde import VESDE, VPSDE, SubVPSDE
+from sde import VESDE, VPSDE, SubVPSDE, sampling
+from sde.likelihood import log_likelihood
 from sde.oracle import GaussianMixture
 from sde.sampling.registry import SAMPLERS, get_sampler
-from sde.utils import PerSampleGenerator
+from sde.utils import NonFiniteError, PerSampleGenerator, append_dims
 
 SHAPE = (3, 2, 4, 4)  # image-like: nothing may assume 2-D data
 MIXTURE = GaussianMixture(torch.randn(2, *SHAPE[1:], generator=torch.Generator().manual_seed(0)),
@@ -26,6 +29,12 @@ CASES = {  # id -> (name, options, expected nfe or None)
     "dpm_solver_pp-2M": ("dpm_solver_pp", {"steps": 5, "grid": "quadratic"}, 5),
     "dpm_solver_pp-3M": ("dpm_solver_pp", {"steps": 5, "order": 3}, 5),
     "adaptive": ("adaptive", {"rtol": 0.2, "atol": 0.05}, None),
+    "unipc-bh1-1": ("unipc", {"steps": 5, "order": 1, "variant": "bh1"}, 5),
+    "unipc-bh2-2": ("unipc", {"steps": 6, "grid": "edm"}, 6),
+    "unipc-bh1-3": ("unipc", {"steps": 6, "order": 3, "variant": "bh1"}, 6),
+    "deis-3": ("deis", {"steps": 5}, 5),
+    "deis-4": ("deis", {"steps": 7, "order": 4, "grid": "edm"}, 7),
+    "ipndm-4": ("deis", {"steps": 7, "order": 4, "variant": "ipndm"}, 7),
 }
 STOCHASTIC = {"pc", "pc-langevin", "ddim-eta1", "heun-churn", "adaptive"}
 
@@ -99,7 +108,7 @@ def test_final_step_leaves_no_noise(case):
 
 def test_registry_knows_every_sampler():
     assert set(SAMPLERS) == {"pc", "ode", "ddim", "heun", "dpm_solver", "dpm_solver_pp",
-                             "adaptive"}
+                             "adaptive", "unipc", "deis"}
     for name in SAMPLERS:
         assert callable(get_sampler(name))
 
@@ -119,6 +128,14 @@ def test_unknown_sampler_lists_the_known_ones():
     ("dpm_solver", {"steps": 4, "order": 1}, "order"),
     ("dpm_solver_pp", {"steps": 4, "order": 4}, "order"),
     ("adaptive", {"grid": "edm"}, "grid=None"),
+    ("unipc", {"steps": 4, "order": 4}, "order"),
+    ("unipc", {"steps": 4, "variant": "bh3"}, "variant"),
+    ("deis", {"steps": 4, "order": 5}, "order"),
+    ("deis", {"steps": 4, "variant": "tab"}, "variant"),
+    ("deis", {"steps": 4, "grid": "optimized"}, "needs times"),
+    ("unipc", {"steps": 4, "grid": "optimized", "times": [1.0, 0.5, 1e-3]}, "steps=4"),
+    ("ddim", {"steps": 3, "grid": "optimized", "times": [1.0, 1e-3, 0.5]}, "decrease"),
+    ("ddim", {"steps": 3, "grid": "edm", "times": [1.0, 0.5, 1e-3]}, "optimized"),
     ("adaptive", {"rtol": 0.0}, "rtol"),
     ("adaptive", {"steps": 0}, "steps"),
     ("pc", {"steps": 10, "grid": "edm"}, "uniform"),
@@ -160,3 +177,61 @@ def test_runs_on_cuda_with_a_cuda_generator(case):
     x, _ = get_sampler(name)(sde, MIXTURE.score_fn(sde), SHAPE, device=device,
                              generator=torch.Generator(device).manual_seed(0), **options)
     assert x.device.type == "cuda" and x.shape == SHAPE and torch.isfinite(x).all()
+
+
+# --- NaN from the score function: one clear error from every sampler and the likelihood -------
+
+def nan_in_the_middle(score_fn):
+    """A score that is NaN for 0.1 < t < 0.9 only (as a network that overflows at some noise
+    levels): the last calls are finite, so the check must remember the earlier ones."""
+    return lambda x, t: torch.where(append_dims((0.1 < t) & (t < 0.9), x.ndim),
+                                    torch.full_like(x, float("nan")), score_fn(x, t))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_nan_score_raises_a_clear_error(case):
+    sde = VPSDE()
+    name, options, _ = CASES[case]
+    with pytest.raises(NonFiniteError, match="score_fn returned NaN or Inf"):
+        get_sampler(name)(sde, nan_in_the_middle(MIXTURE.score_fn(sde)), SHAPE,
+                          generator=torch.Generator().manual_seed(0), **options)
+
+
+@pytest.mark.parametrize("fn", ["pc_sample", "ode_sample", "ode_sample-rk4", "log_likelihood"])
+def test_nan_score_raises_in_pc_ode_and_likelihood(fn):
+    sde = VPSDE(N=50)
+    score_fn = nan_in_the_middle(MIXTURE.score_fn(sde))
+    with pytest.raises(NonFiniteError, match="score_fn returned NaN or Inf"):
+        if fn == "log_likelihood":
+            log_likelihood(sde, score_fn, torch.zeros(SHAPE), hutchinson="rademacher")
+        elif fn == "pc_sample":
+            sampling.pc_sample(sde, score_fn, SHAPE)
+        else:
+            sampling.ode_sample(sde, score_fn, SHAPE, method="rk4" if "rk4" in fn else "dopri5")
+
+
+@pytest.mark.parametrize("name, options, key", [
+    ("ode", {"rtol": -1}, "rtol"), ("ode", {"atol": 0.0}, "atol"), ("ode", {"rtol": "abc"}, "rtol"),
+    ("adaptive", {"atol": -1.0}, "atol"),
+])
+def test_bad_tolerances_name_the_key(name, options, key):
+    with pytest.raises(ValueError, match=f"{key} must be a number > 0"):
+        get_sampler(name)(VPSDE(), MIXTURE.score_fn(VPSDE()), SHAPE, **options)
+    with pytest.raises(ValueError, match="rtol must be a number > 0"):
+        log_likelihood(VPSDE(), MIXTURE.score_fn(VPSDE()), torch.zeros(SHAPE), rtol=-1)
+
+
+@pytest.mark.parametrize("steps", [5, 20])
+@pytest.mark.parametrize("predictor, corrector", [("reverse_diffusion", "none"),
+                                                  ("euler_maruyama", "langevin"),
+                                                  ("ancestral_sampling", "none")])
+def test_pc_with_steps_up_to_beta_max_names_the_cause(steps, predictor, corrector):
+    """VP's DDPM chain on N <= beta_max = 20 steps has betas beta_max / N >= 1 (NaN or a step that
+    zeroes x): refused before sampling, naming beta_max and the fix. N = 21 runs."""
+    sde = VPSDE()
+    run = lambda n: get_sampler("pc")(sde, MIXTURE.score_fn(sde), SHAPE, steps=n,
+                                      predictor=predictor, corrector=corrector)
+    with pytest.warns(UserWarning) if predictor == "ancestral_sampling" else nullcontext():
+        with pytest.raises(ValueError, match=r"beta_max / N must stay below 1.*steps"):
+            run(steps)
+    assert torch.isfinite(run(21)[0]).all()

@@ -12,6 +12,7 @@ import torch
 from sde import VESDE, VPSDE, SubVPSDE
 from sde.oracle import GaussianMixture
 from sde.sampling.fast import ddim_sample, dpm_solver_pp_sample, dpm_solver_sample, heun_sample
+from sde.sampling.multistep import deis_sample, unipc_sample
 
 MU, S, EPS, SHAPE = 0.5, 0.7, 1e-3, (16, 3)
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
@@ -42,12 +43,28 @@ CASES = [  # sampler, options, intervals, expected error ratio when they double,
     (heun_sample, {}, 16, 4.0, 0.25),
     (dpm_solver_sample, {"order": 2}, 16, 4.0, 0.25),
     (dpm_solver_pp_sample, {"order": 2}, 32, 4.0, 0.25),
+    # UniPC-p: the corrector raises the order to p + 1 (Zhao et al. 2023, Theorem 3.1); with
+    # p = 3 the order-1 and -2 warm-up steps cap it at 3 on the logSNR grid, whose first steps
+    # are long, but not on the EDM grid (measured ratios 15.6-16.1 there)
+    (unipc_sample, {"order": 1, "variant": "bh1"}, 32, 4.0, 0.25),
+    (unipc_sample, {"order": 1, "variant": "bh2"}, 32, 4.0, 0.25),
+    (unipc_sample, {"order": 2, "variant": "bh1"}, 32, 8.0, 0.25),
+    (unipc_sample, {"order": 2, "variant": "bh2"}, 32, 8.0, 0.25),
+    (unipc_sample, {"order": 3, "variant": "bh2", "grid": "edm"}, 64, 16.0, 0.25),
+    # DEIS (rho-AB): order = the polynomial's number of nodes; the ratios approach 2^p from
+    # below (measured at 64 -> 128 intervals: 3.7-3.8, 6.6-7.1, and on EDM's grid 12.7-13.6)
+    (deis_sample, {"order": 1}, 32, 2.0, 0.25),
+    (deis_sample, {"order": 2}, 64, 4.0, 0.25),
+    (deis_sample, {"order": 3}, 64, 8.0, 0.25),
+    (deis_sample, {"order": 4, "grid": "edm"}, 64, 16.0, 0.3),
 ]
+IDS = ["ddim", "heun", "dpm_solver-2", "dpm_solver_pp-2M", "unipc-bh1-1", "unipc-bh2-1",
+       "unipc-bh1-2", "unipc-bh2-2", "unipc-bh2-3-edm", "deis-1", "deis-2", "deis-3",
+       "deis-4-edm"]
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-@pytest.mark.parametrize("sampler, options, intervals, ratio, tol", CASES,
-                         ids=["ddim", "heun", "dpm_solver-2", "dpm_solver_pp-2M"])
+@pytest.mark.parametrize("sampler, options, intervals, ratio, tol", CASES, ids=IDS)
 def test_halving_the_step_cuts_the_error_by_2_to_the_order(sde, sampler, options, intervals,
                                                           ratio, tol):
     coarse, fine = error(sampler, sde, intervals, **options), error(sampler, sde, 2 * intervals,

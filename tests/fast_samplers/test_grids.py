@@ -6,18 +6,13 @@ import pytest
 import torch
 
 from sde import VESDE, VPSDE, SubVPSDE
-from sde.sampling.grids import GRIDS, get_time_grid, sigma_of
+from sde.sampling.grids import FORMULA_GRIDS, get_time_grid
 
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
 
 
-def is_uniform(v: torch.Tensor) -> bool:
-    d = v.diff()
-    return torch.allclose(d, d.mean().expand_as(d), rtol=1e-6, atol=1e-9)
-
-
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("grid", FORMULA_GRIDS)
 def test_grid_runs_from_T_down_to_eps(sde, grid):
     t = get_time_grid(sde, 12, grid, eps=1e-3)
     assert t.shape == (12,) and t.dtype == torch.float64
@@ -25,15 +20,49 @@ def test_grid_runs_from_T_down_to_eps(sde, grid):
     assert (t.diff() < 0).all()
 
 
+def log_alpha_std(sde, t: float) -> tuple[float, float]:
+    """(log alpha(t), std(t)) written out from Song et al. (2021, Eq. 29, 33 and 31), with math in
+    float64, independently of the SDE classes."""
+    if isinstance(sde, VESDE):
+        return 0.0, sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t
+    log_alpha = -0.25 * t**2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min
+    one_minus_a2 = -math.expm1(2 * log_alpha)
+    return log_alpha, (one_minus_a2 if isinstance(sde, SubVPSDE) else math.sqrt(one_minus_a2))
+
+
+def sigma_closed(sde, t: float) -> float:
+    """sigma(t) = std(t) / alpha(t)."""
+    log_alpha, std = log_alpha_std(sde, t)
+    return std / math.exp(log_alpha)
+
+
+def line(a: float, b: float, steps: int) -> torch.Tensor:
+    """steps points a + i (b - a) / (steps - 1), float64."""
+    return torch.tensor([a + i * (b - a) / (steps - 1) for i in range(steps)], dtype=torch.float64)
+
+
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-def test_grids_are_uniform_in_their_variable(sde):
-    eps, rho = 1e-3, 7.0
-    assert is_uniform(get_time_grid(sde, 9, "uniform", eps=eps))
-    assert is_uniform(get_time_grid(sde, 9, "quadratic", eps=eps).sqrt())
-    assert is_uniform(sde.log_snr(get_time_grid(sde, 9, "logsnr", eps=eps)))
-    sigma = sigma_of(sde, get_time_grid(sde, 9, "edm", eps=eps, rho=rho))
-    assert is_uniform(sigma ** (1 / rho))
-    assert sigma[0].item() == pytest.approx(sigma_of(sde, torch.tensor([1.0])).item(), rel=1e-9)
+@pytest.mark.parametrize("steps", [2, 3, 9])
+def test_grids_are_uniform_in_their_variable(sde, steps):
+    """Every point, interior ones included, against the grid's defining formula written with the
+    closed forms above: the end points are overwritten by the code, the interior points are not,
+    so a wrong end point of the formula (or float32 arithmetic: 1.7e-8 relative on the "edm"
+    sigmas) shows up there. Tolerance 1e-12 relative."""
+    eps, rho, T = 1e-3, 7.0, sde.T
+    t = {g: get_time_grid(sde, steps, g, eps=eps, rho=rho) for g in FORMULA_GRIDS}
+    torch.testing.assert_close(t["uniform"], line(T, eps, steps), rtol=1e-12, atol=0)
+    torch.testing.assert_close(t["quadratic"].sqrt(), line(T**0.5, eps**0.5, steps), rtol=1e-12,
+                               atol=0)
+    lam = lambda s: 2 * (log_alpha_std(sde, s)[0] - math.log(log_alpha_std(sde, s)[1]))
+    torch.testing.assert_close(torch.tensor([lam(s) for s in t["logsnr"].tolist()], dtype=torch.float64),
+                               line(lam(T), lam(eps), steps), rtol=1e-12, atol=1e-12)
+    # Karras et al. (2022), Eq. 5: sigma_i = (s_max^(1/rho) + i / (n - 1) (s_min^(1/rho) -
+    # s_max^(1/rho)))^rho with s_max = sigma(T), s_min = sigma(eps)
+    s_max, s_min = sigma_closed(sde, T), sigma_closed(sde, eps)
+    karras = line(s_max ** (1 / rho), s_min ** (1 / rho), steps) ** rho
+    torch.testing.assert_close(torch.tensor([sigma_closed(sde, s) for s in t["edm"].tolist()],
+                                            dtype=torch.float64),
+                               karras, rtol=1e-12, atol=0)
 
 
 def test_edm_grid_is_karras_eq5_for_ve():
