@@ -11,6 +11,8 @@ See docs/distill.md.
 
 from __future__ import annotations
 
+import torch
+
 from sde.distill.adversarial import Adversarial
 from sde.distill.base import Distiller
 from sde.distill.consistency import Consistency
@@ -35,24 +37,28 @@ def _student_steps(method: str, options: dict) -> int:
 def make_distiller(method: str, teacher: Teacher, *, model: dict | None = None,
                    init_steps: int = 0, eps: float = 1e-3, sigma_data: float = 0.5,
                    lr: float = 1e-4, grad_clip: float = 1.0, ema_decay: float = 0.999,
-                   info=None, **options):
+                   seed: int = 0, info=None, **options):
     """(the method object, the distilled run's config). `model`: the student network's config
-    for an oracle teacher (a run teacher's own network is copied); `options` go to the method."""
+    for an oracle teacher (a run teacher's own network is copied; a fresh one is initialised from
+    `seed`); `options` go to the method."""
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; choose one of {list(METHODS)}")
     from sde.utils import check_eps
 
     check_eps(teacher.sde, eps)
-    net, net_cfg, score = teacher.student_net(model)
     kind = "consistency" if method == "consistency" else "denoiser"
-    student = Student(net, teacher.sde, kind=kind, score=score, eps=eps, sigma_data=sigma_data)
-    if info is not None:
-        student = student.to(info.device)
-    extra = {"score": score} if method == "add" else {}
     sample_steps = options.pop("sample_steps", 1) if method == "consistency" else None
-    cls = METHODS[method]
-    distiller = cls(teacher, student, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay,
-                    init_steps=init_steps, eps=eps, info=info, **extra, **options)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(seed)
+        net, net_cfg, score = teacher.student_net(model)
+        student = Student(net, teacher.sde, kind=kind, score=score, eps=eps,
+                          sigma_data=sigma_data)
+        if info is not None:
+            student = student.to(info.device)
+        extra = {"score": score} if method == "add" else {}
+        distiller = METHODS[method](teacher, student, lr=lr, grad_clip=grad_clip,
+                                    ema_decay=ema_decay, init_steps=init_steps, eps=eps,
+                                    info=info, **extra, **options)
     steps = sample_steps if method == "consistency" else _student_steps(method, options)
     student_cfg = {"_target_": "sde.distill.student.Student", "net": net_cfg,
                    "sde": teacher.config["sde"], "kind": kind, "score": score, "eps": eps,

@@ -64,10 +64,10 @@ def x_dependent_layers(net: nn.Module, cond_fn, shape, max_layers: int = 3) -> l
     outs: dict = {}
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: outs.setdefault(n, []).append(o))
              for n, m in net.named_modules() if n in names]
-    g = torch.Generator().manual_seed(0)
+    g, device = torch.Generator().manual_seed(0), next(net.parameters()).device
     with torch.no_grad():
         for _ in range(2):
-            x = torch.randn((2, *shape), generator=g)
+            x = torch.randn((2, *shape), generator=g).to(device)
             net(x, cond_fn(x))
     for h in hooks:
         h.remove()
@@ -109,11 +109,12 @@ def build_discriminator(net: nn.Module, sde, shape, score: dict, *, eps: float =
         t = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
         return model_time(sde, t, **opts)[0].to(x.dtype)
 
+    device = next(frozen.parameters()).device
     layers = layers or x_dependent_layers(frozen, cond_fn, shape)
     features = FrozenFeatures(frozen, cond_fn, layers)
     with torch.no_grad():
-        dims = [f.shape[1] for f in features(torch.zeros((2, *shape)))]
-    return Discriminator(features, dims, **head_options)
+        dims = [f.shape[1] for f in features(torch.zeros((2, *shape), device=device))]
+    return Discriminator(features, dims, **head_options).to(device)
 
 
 def hinge_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,8 @@ def distill(method, data, *, run_dir, config: dict, settings: DistillSettings,
     info, s, run_dir = info or DistInfo(), settings, Path(run_dir)
     logger, steps = logger or NullLogger(), int(steps or method.total_steps)
     bs = per_rank_batch(s.batch_size, info.world)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     start = _resume(method, run_dir, config)
     metrics = MetricsFile(run_dir, enabled=info.is_main)
     metrics.truncate(start)
