@@ -214,3 +214,23 @@ def test_bad_arguments():
         make_distiller("gan", teacher, model=TINY, init_steps=1)
     with pytest.raises(ValueError, match="grid must be 'uniform'"):
         distilled_sample(teacher.sde, lambda x, t: x, (4, 2), steps=2, grid="edm")
+
+
+def test_entry_composes_runs_and_resumes(tmp_path):
+    """conf/distill/distill.yaml composes; `sde.distill.__main__.run` writes a self-describing,
+    loadable run; the same command again resumes (nothing left to do) instead of restarting."""
+    from hydra import compose, initialize_config_dir
+
+    from sde.distill.__main__ import CONFIG_DIR, run
+
+    overrides = ["teacher='oracle:ring:k=4'", "method=consistency", "common.init_steps=1",
+                 "consistency.steps=1", "consistency.num_scales=4", "model.hidden=8",
+                 "model.num_layers=1", "trainer.batch_size=4", "device=cpu"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="distill/distill", overrides=overrides)
+    out = run(cfg, tmp_path)
+    assert out["step"] == 2 and (tmp_path / "config.yaml").is_file()
+    assert run(cfg, tmp_path)["step"] == 2  # resumed at the end: no new step
+    config = load_run(tmp_path, device="cpu").config
+    assert config["distill"]["teacher"] == "oracle:ring:k=4"
+    assert config["sampler"] == {"name": "distilled", "steps": 1, "noise": "fresh"}
