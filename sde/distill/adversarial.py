@@ -128,7 +128,7 @@ class Adversarial(Distiller):
     name = "add"
 
     def __init__(self, teacher, student, *, steps: int = 1000, student_steps: int = 4,
-                 lambda_distill: float = 2.5, disc_lr: float = 1e-4, disc_hidden: int = 128,
+                 lambda_distill: float = 2.5, disc_lr: float = 1e-3, disc_hidden: int = 128,
                  feature_layers: list[str] | None = None, score: dict | None = None, **kwargs):
         super().__init__(teacher, student, **kwargs)
         if student_steps < 1:
