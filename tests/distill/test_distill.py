@@ -66,9 +66,10 @@ def test_two_step_target_is_one_step_of_two(torch_double=torch.float64):
 
 def test_one_progressive_round_matches_teacher_at_twice_the_steps(tmp_path):
     """Oracle teacher at N = 8 DDIM steps, one round to a 4-step student (after a 200-step
-    regression warm start). Tolerance: the student must remove at least half of the error that
-    merely halving the teacher's steps makes (measured: teacher@4 is 0.446 RMS from teacher@8;
-    the student@4 is 0.148 after 150 + 150 steps, 0.048 after 300 + 300; same x_T for all)."""
+    regression warm start), all sampled from the same x_T. Tolerance: the student must remove
+    two thirds of the error that merely halving the teacher's steps makes: teacher@4 is 0.446 RMS
+    from teacher@8; measured student@4: 0.087 after 200 + 200 steps (ratio 0.19), 0.22 after
+    100 + 100 (ratio 0.50, which fails), so the bound sits between training well and not."""
     torch.manual_seed(0)
     teacher = load_teacher(RING)
     model = {**TINY, "hidden": 64, "num_layers": 2}
@@ -82,7 +83,7 @@ def test_one_progressive_round_matches_teacher_at_twice_the_steps(tmp_path):
     s4, nfe = sample_student(method.ema.model_ema, teacher.sde, shape, steps=4, generator=_gen())
     assert nfe == 4
     assert _rms(t4, t8) > 0.3  # halving the exact teacher's steps really costs accuracy
-    assert _rms(s4, t8) < 0.5 * _rms(t4, t8)
+    assert _rms(s4, t8) < _rms(t4, t8) / 3
 
 
 def test_consistency_boundary_condition_is_exact():
