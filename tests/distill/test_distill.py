@@ -235,3 +235,37 @@ def test_entry_composes_runs_and_resumes(tmp_path):
     config = load_run(tmp_path, device="cpu").config
     assert config["distill"]["teacher"] == "oracle:ring:k=4"
     assert config["sampler"] == {"name": "distilled", "steps": 1, "noise": "fresh"}
+
+
+@pytest.fixture
+def toy_run(tmp_path):
+    """A (random-weight) trained-run checkpoint: eps-predicting MLP on two moons under VPSDE."""
+    torch.manual_seed(0)
+    config = {"sde": {"_target_": "sde.sdes.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "N": 1000},
+              "model": {**TINY, "hidden": 8},
+              "score": {"prediction": "eps", "time_input": "t", "time_scale": 999.0},
+              "data": {"name": "two_moons", "n": 256, "seed": 0, "shape": [2], "levels": None,
+                       "centered": False}}
+    net = MLP(dim=2, hidden=8, num_layers=1)
+    ckpt_lib.save_checkpoint({"model": net.state_dict(), "ema": net.state_dict(),
+                              "optimizer": {}, "rng": ckpt_lib.rng_state(), "config": config},
+                             tmp_path / "teacher", 10)
+    return tmp_path / "teacher"
+
+
+@pytest.mark.parametrize("method_name", sorted(OPTIONS))
+def test_run_teacher_student_starts_from_its_weights(tmp_path, toy_run, method_name):
+    """A run teacher: the student starts as the teacher's own denoiser (no warm start), the data
+    are the run's, and the distilled run records the teacher's path and network."""
+    teacher = load_teacher(str(toy_run))
+    method, config = make_distiller(method_name, teacher, init_steps=0, **OPTIONS[method_name])
+    x, t = torch.randn(16, 2, generator=_gen()), torch.full((16,), 0.5)
+    expected = teacher.denoiser(x, t)
+    if method_name != "consistency":  # f = c_skip x + c_out F differs from D by design
+        torch.testing.assert_close(method.student(x, t), expected)
+    distill(method, teacher.data, run_dir=tmp_path / "student", config=config,
+            settings=DistillSettings(batch_size=8, log_every=0), steps=2)
+    run = load_run(tmp_path / "student", device="cpu")
+    assert run.config["distill"]["teacher"] == str(toy_run)
+    assert run.config["model"]["net"] == teacher.config["model"]
+    assert run.config["distill"]["teacher_score"]["prediction"] == "eps"
