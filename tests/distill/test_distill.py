@@ -239,8 +239,9 @@ def test_entry_composes_runs_and_resumes(tmp_path):
 
 @pytest.fixture
 def toy_run(tmp_path):
-    """A (random-weight) trained-run checkpoint: eps-predicting MLP on two moons under VPSDE."""
-    torch.manual_seed(0)
+    """A (random-weight) trained-run checkpoint: eps-predicting MLP on two moons under VPSDE
+    (seed 123: not the weights a fresh student would get from make_distiller's seed 0)."""
+    torch.manual_seed(123)
     config = {"sde": {"_target_": "sde.sdes.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "N": 1000},
               "model": {**TINY, "hidden": 8},
               "score": {"prediction": "eps", "time_input": "t", "time_scale": 999.0},
