@@ -296,3 +296,32 @@ def test_image_run_teacher(tmp_path, method_name):
     run = load_run(tmp_path / "student", device="cpu")
     x, nfe = distilled_sample(run.sde, run.score_fn, (3, 1, 8, 8), steps=2, generator=_gen())
     assert x.shape == (3, 1, 8, 8) and nfe == 2 and torch.isfinite(x).all()
+
+
+@pytest.mark.slow
+def test_goal_four_step_progressive_student_beats_the_teacher_at_12_nfe(tmp_path):
+    """Issue 14's goal on the 8-mode ring (about 30 s): the 4-NFE progressive student is at least
+    as close to exact samples (energy distance) as the exact teacher's DPM-Solver++(2M) and DDIM
+    at 12 NFE (measured by the benchmark: 1.2e-3 against 2.4e-3 and 3.9e-3)."""
+    from sde.metrics.two_sample import energy_distance
+    from sde.sampling.registry import get_sampler
+
+    teacher = load_teacher("oracle:ring:k=8,radius=2.0,std=0.2")
+    model = {"_target_": "sde.models.mlp.MLP", "dim": 2, "hidden": 128, "num_layers": 3}
+    method, config = make_distiller("progressive", teacher, model=model, init_steps=1200,
+                                    lr=1e-3, teacher_steps=64, student_steps=4,
+                                    steps_per_round=300)
+    distill(method, teacher.data, run_dir=tmp_path, config=config,
+            settings=DistillSettings(batch_size=256, log_every=0, checkpoint_every=0))
+
+    def ed(draw):
+        return sum(energy_distance(draw(2000, _gen(100 + c)), teacher.mixture.sample(
+            2000, _gen(900 + c))) for c in range(3)) / 3
+
+    student = ed(lambda n, g: sample_student(method.ema.model_ema, teacher.sde, (n, 2), steps=4,
+                                             generator=g)[0])
+    score_fn = teacher.mixture.score_fn(teacher.sde)
+    samplers = [get_sampler(name) for name in ("ddim", "dpm_solver_pp")]
+    best12 = min(ed(lambda n, g, fn=fn: fn(teacher.sde, score_fn, (n, 2), steps=12,
+                                          generator=g)[0]) for fn in samplers)
+    assert student <= best12
