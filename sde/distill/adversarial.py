@@ -164,7 +164,7 @@ class Adversarial(Distiller):
         self.update(self.opt, self.student, l_adv + self.lambda_distill * l_distill)
         self.ema.update(self.student, k)
         l_disc = hinge_d_loss(self.disc(x0, s), self.disc(x_hat.detach(), s))
-        self.update(self.disc_opt, self.disc, l_disc)
+        self.update(self.disc_opt, self.disc, l_disc, sync=True)
         return {"loss": l_distill.detach(), "adv_g": l_adv.detach(), "disc": l_disc.detach()}
 
     def state_dict(self) -> dict:

@@ -104,10 +104,16 @@ class Distiller:
         params = [p for p in module.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=lr or self.lr, betas=betas)
 
-    def update(self, opt, module: nn.Module, loss: torch.Tensor) -> float:
-        """Zero, backward, clip, step; returns the gradient norm."""
+    def update(self, opt, module: nn.Module, loss: torch.Tensor, *, sync: bool = False) -> float:
+        """Zero, backward, clip, step; returns the gradient norm. `sync`: average the gradients
+        over ranks by hand (for a module that is not wrapped in DDP, like ADD's heads)."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if sync and self.info.world > 1:
+            for p in module.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.info.world
         clip = self.grad_clip if self.grad_clip and self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(
             [p for p in module.parameters() if p.requires_grad], clip)
