@@ -150,10 +150,10 @@ class Adversarial(Distiller):
     def distill_step(self, x0, k: int, generator) -> dict:
         B, K = x0.shape[0], self.student_steps
         i = torch.randint(0, K, (B,), generator=generator)
-        s = (self.sde.T * (1.0 - i.to(torch.float64) / K)).to(x0.dtype)  # (B,)
+        s = (self.sde.T * (1.0 - i.to(torch.float64) / K)).to(x0)  # (B,)
         x_hat = self.train_student(renoise(self.sde, x0, s, generator), s)
         u = torch.rand(B, generator=generator, dtype=torch.float64)
-        t = (self.eps + u * (self.sde.T - self.eps)).to(x0.dtype)
+        t = (self.eps + u * (self.sde.T - self.eps)).to(x0)
         alpha, std = self.sde.marginal_coeffs(t)
         with torch.no_grad():
             x_t = append_dims(alpha, x0.ndim) * x_hat + append_dims(std, x0.ndim) * randn_like(

@@ -91,7 +91,7 @@ class Distiller:
     def regression_loss(self, x0, generator) -> torch.Tensor:
         """Regression of the student onto the teacher's denoiser (x0 MSE, weight 1)."""
         u = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64)
-        t = (self.eps + u * (self.sde.T - self.eps)).to(x0.dtype)  # (B,)
+        t = (self.eps + u * (self.sde.T - self.eps)).to(x0)  # (B,)
         alpha, std = self.sde.marginal_coeffs(t)
         x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(std, x0.ndim) * randn_like(
             x0, generator)

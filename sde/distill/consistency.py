@@ -70,7 +70,7 @@ class Consistency(Distiller):
 
     def distill_step(self, x0, k: int, generator) -> dict:
         n = torch.randint(0, len(self.times) - 1, (x0.shape[0],), generator=generator)
-        t_n, t_next = self.times[n].to(x0.dtype), self.times[n + 1].to(x0.dtype)  # (B,)
+        t_n, t_next = self.times[n].to(x0), self.times[n + 1].to(x0)  # (B,)
         alpha, std = self.sde.marginal_coeffs(t_next)
         x_next = append_dims(alpha, x0.ndim) * x0 + append_dims(std, x0.ndim) * randn_like(
             x0, generator)

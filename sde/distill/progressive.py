@@ -70,7 +70,7 @@ class Progressive(Distiller):
             self.teacher_net.load_state_dict(self.ema.state_dict())
             self.restart()
         i = torch.randint(0, K, (x0.shape[0],), generator=generator)
-        t = (self.sde.T * (1.0 - i.to(torch.float64) / K)).to(x0.dtype)  # (B,) on the grid
+        t = (self.sde.T * (1.0 - i.to(torch.float64) / K)).to(x0)  # (B,) on the grid
         alpha, std = coeffs(self.sde, t)
         x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(std, x0.ndim) * randn_like(
             x0, generator)

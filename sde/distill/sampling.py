@@ -45,7 +45,7 @@ def ddim_step(sde, x, x0, t, s):
 
 def renoise(sde, x0, s, generator=None):
     """x_s = alpha_s x0 + std_s z, z ~ N(0, I) (a fresh draw of p_0s(. | x0))."""
-    a_s, s_s = coeffs(sde, s.to(x0.dtype))
+    a_s, s_s = coeffs(sde, s.to(x0))
     return append_dims(a_s, x0.ndim) * x0 + append_dims(s_s, x0.ndim) * randn_like(x0, generator)
 
 
