@@ -16,7 +16,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("sde.distill")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
+_PKG = Path(__file__).resolve().parent.parent
+# sde/conf (the packaged layout) if it holds distill/, else the repository's conf/
+CONFIG_DIR = str(next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d / "distill").is_dir()),
+                      _PKG / "conf"))
 ORACLE_INIT_STEPS = 1500
 
 
