@@ -1,33 +1,22 @@
 """Hydra entry point: `python -m sde.distill teacher=RUN|oracle:... method=NAME [key=value ...]`.
 
-Composes conf/distill/distill.yaml, builds the teacher and the method, and hands them to
+Composes sde/conf/distill/distill.yaml, builds the teacher and the method, and hands them to
 `sde.distill.loop.distill`. Nothing below this file reads the config. Rerunning with the same
 `hydra.run.dir` resumes; under `torchrun` each process joins DDP.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger("sde.distill")
-_PKG = Path(__file__).resolve().parent.parent
-# sde/conf (the packaged layout) if it holds distill/, else the repository's conf/
-CONFIG_DIR = str(next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d / "distill").is_dir()),
-                      _PKG / "conf"))
+from sde.runs.env import exit_on_error
+from sde.runs.files import write_text
+from sde.runs.paths import CONFIG_DIR
+
 ORACLE_INIT_STEPS = 1500
-
-
-def _write_config(run_dir: Path, config: dict) -> None:
-    """config.yaml, atomically (temp file + os.replace)."""
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-    os.replace(tmp, run_dir / "config.yaml")
 
 
 def run(cfg: DictConfig, run_dir) -> dict:
@@ -36,7 +25,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
 
     from sde.distill import DistillSettings, distill, load_teacher, make_distiller
     from sde.training.distributed import cleanup, init_distributed
-    from sde.training.logging import attach_file_log, make_logger
+    from sde.runs.logger import attach_file_log, make_logger
 
     c = OmegaConf.to_container(cfg, resolve=True)
     if c["method"] not in ("progressive", "consistency", "add"):
@@ -54,7 +43,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
     config["seed"], config["trainer"] = c["seed"], c["trainer"]
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(run_dir, config)
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
         attach_file_log(run_dir)
     logger = make_logger(**c["logger"], run_dir=run_dir, config=config, is_main=info.is_main)
     settings = DistillSettings(seed=c["seed"], **c["trainer"])
@@ -65,21 +54,12 @@ def run(cfg: DictConfig, run_dir) -> dict:
         cleanup()
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="distill/distill", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="distill/distill", version_base="1.3")
+@exit_on_error("distill")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from sde.training.checkpoint import CheckpointError
-    from sde.training.loop import NonFiniteLossError
-
-    try:
-        run(cfg, HydraConfig.get().runtime.output_dir)
-    except (CheckpointError, NonFiniteLossError, ValueError, FileNotFoundError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", e)
-        print(f"sde.distill: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

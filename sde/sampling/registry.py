@@ -59,6 +59,14 @@ def ode(sde, score_fn, shape, *, steps=None, grid=None, eps=1e-3, generator=None
                       dtype=dtype, **options)
 
 
+def distilled(sde, score_fn, shape, **options):
+    """`sde.distill.sampling.distilled_sample`: K network calls on the nested grid a distilled
+    student was trained for (imported on use: sde.distill builds on sde.sampling)."""
+    from sde.distill.sampling import distilled_sample
+
+    return distilled_sample(sde, score_fn, shape, **options)
+
+
 SAMPLERS = {
     "pc": pc,
     "ode": ode,
@@ -69,6 +77,7 @@ SAMPLERS = {
     "adaptive": adaptive_sample,
     "unipc": unipc_sample,
     "deis": deis_sample,
+    "distilled": distilled,
 }
 
 

@@ -218,7 +218,7 @@ def test_bad_arguments():
 
 
 def test_entry_composes_runs_and_resumes(tmp_path):
-    """conf/distill/distill.yaml composes; `sde.distill.__main__.run` writes a self-describing,
+    """sde/conf/distill/distill.yaml composes; `sde.distill.__main__.run` writes a self-describing,
     loadable run; the same command again resumes (nothing left to do) instead of restarting."""
     from hydra import compose, initialize_config_dir
 
@@ -227,7 +227,7 @@ def test_entry_composes_runs_and_resumes(tmp_path):
     overrides = ["teacher='oracle:ring:k=4'", "method=consistency", "common.init_steps=1",
                  "consistency.steps=1", "consistency.num_scales=4", "model.hidden=8",
                  "model.num_layers=1", "trainer.batch_size=4", "device=cpu"]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="distill/distill", overrides=overrides)
     out = run(cfg, tmp_path)
     assert out["step"] == 2 and (tmp_path / "config.yaml").is_file()

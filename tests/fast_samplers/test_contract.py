@@ -108,7 +108,7 @@ def test_final_step_leaves_no_noise(case):
 
 def test_registry_knows_every_sampler():
     assert set(SAMPLERS) == {"pc", "ode", "ddim", "heun", "dpm_solver", "dpm_solver_pp",
-                             "adaptive", "unipc", "deis"}
+                             "adaptive", "unipc", "deis", "distilled"}
     for name in SAMPLERS:
         assert callable(get_sampler(name))
 
