@@ -16,7 +16,7 @@ STAMP      := $(VENV)/.installed
 # W&B runs offline unless WANDB_API_KEY is set (decided in sde/training/logging.py).
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install test test-slow test-gpu lint format smoke train sample evaluate bench-models bench-samplers clean
+.PHONY: install test test-slow test-gpu lint format smoke train sample evaluate bench-models bench-bf16 bench-samplers bench-data bench-conditional bench-distill bench-latent clean
 
 install: $(STAMP)
 
@@ -61,8 +61,23 @@ evaluate: install
 bench-models: install
 	$(PY) benchmarks/bench_models.py
 
+bench-bf16: install
+	$(PY) benchmarks/bench_models.py --quick --isa-sweep --threads 1 --clock process
+
 bench-samplers: install
 	$(PY) benchmarks/bench_samplers.py
+
+bench-data: install
+	$(PY) benchmarks/bench_data.py
+
+bench-conditional: install
+	$(PY) benchmarks/bench_conditional.py
+
+bench-distill: install
+	$(PY) benchmarks/bench_distill.py
+
+bench-latent: install
+	$(PY) benchmarks/bench_latent.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
