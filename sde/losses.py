@@ -92,30 +92,27 @@ def _grid_index(sde, x, generator, t):
 def ddpm_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> torch.Tensor:
     """DDPM's simple loss ||eps_theta(x_i, i) - eps||^2 (Ho et al. 2020, Eq. 14), (B,).
 
-    x_i = sqrt(abar_i) x + sqrt(1 - abar_i) eps with the discrete chain of a VPSDE; the network's
+    x_i = sqrt(abar_i) x + sqrt(1 - abar_i) eps with the DDPM chain of the SDE
+    (`sde.discrete_marginal`: VPSDE, CosineVPSDE; others raise); the network's
     eps is -sqrt(1 - abar_i) s(x_i, t_i), t_i = i T / (N - 1), so this is the sigma^2-weighted DSM
     loss at the discrete noise levels.
     """
-    if not hasattr(sde, "alphas_cumprod"):
-        raise ValueError(f"ddpm_loss needs a VPSDE (the DDPM chain), got {type(sde).__name__}; "
-                         "use loss=dsm for continuous SDEs")
+    sde.discrete_marginal(torch.zeros(1, dtype=torch.long), x, chain="ddpm")  # the chain or raise
     i, t_i = _grid_index(sde, x, generator, t)
-    abar = sde._buffer("alphas_cumprod", x)[i]  # (B,)
+    alpha, std = sde.discrete_marginal(i, x, chain="ddpm")  # (B,)
     z = randn_like(x, generator)
-    sq = _perturbed_score_error(score_fn, x, t_i, torch.sqrt(abar), torch.sqrt(1.0 - abar), z) ** 2
+    sq = _perturbed_score_error(score_fn, x, t_i, alpha, std, z) ** 2
     return _reduce(sq, reduce_mean)
 
 
 def smld_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> torch.Tensor:
     """NCSN's loss sigma_i^2 ||s(x + sigma_i z, sigma_i) + z / sigma_i||^2 (Song & Ermon 2019,
     Eq. 5 with lambda = sigma^2), (B,), over the discrete sigmas of a VESDE."""
-    if not hasattr(sde, "discrete_sigmas"):
-        raise ValueError(f"smld_loss needs a VESDE (the SMLD noise levels), got "
-                         f"{type(sde).__name__}; use loss=dsm for continuous SDEs")
+    sde.discrete_marginal(torch.zeros(1, dtype=torch.long), x, chain="smld")  # the chain or raise
     i, t_i = _grid_index(sde, x, generator, t)
-    sigma = sde._buffer("discrete_sigmas", x)[i]  # (B,)
+    alpha, sigma = sde.discrete_marginal(i, x, chain="smld")  # (B,), alpha = 1
     z = randn_like(x, generator)
-    sq = _perturbed_score_error(score_fn, x, t_i, torch.ones_like(sigma), sigma, z) ** 2
+    sq = _perturbed_score_error(score_fn, x, t_i, alpha, sigma, z) ** 2
     return _reduce(sq, reduce_mean)
 
 

@@ -8,7 +8,7 @@ time_input
     "t"          cond = time_scale * t (999 t: score_sde's continuous VP / sub-VP models)
     "sigma"      cond = std(t) (score_sde's continuous VE models)
     "step"       cond = t (N - 1) as a float and std = sqrt(1 - alphas_cumprod[floor]) (DDPM
-                 discrete VP models, exactly as score_sde); needs an SDE with `alphas_cumprod`
+                 discrete VP models, exactly as score_sde); needs an SDE with a DDPM chain
     "smld_step"  cond = round((T - t)(N - 1)), the index into descending sigmas, and the std of
                  that step (score_sde's discrete VE / SMLD models)
 std
@@ -60,15 +60,9 @@ def model_time(sde, t: torch.Tensor, time_input: str = "t", time_scale: float = 
 
 def _discrete_vp_time(sde, t: torch.Tensor):
     """The DDPM chain's label t (N - 1) and sqrt(alphas_cumprod), sqrt(1 - alphas_cumprod)."""
-    alphas_cumprod = getattr(sde, "alphas_cumprod", None)
-    if alphas_cumprod is None:
-        raise ValueError(
-            f"time_input='step' needs an SDE with a discrete DDPM chain (alphas_cumprod); "
-            f"{type(sde).__name__} has none: use time_input='t' or 'sigma'"
-        )
     labels = t * (sde.N - 1)
-    abar = alphas_cumprod.to(device=t.device, dtype=t.dtype)[labels.long()]
-    return labels, torch.sqrt(abar), torch.sqrt(1.0 - abar)
+    alpha, std = sde.discrete_marginal(labels.long(), t, chain="ddpm")  # raises without the chain
+    return labels, alpha, std
 
 
 def output_to_score(out, x, alpha, std, prediction: str = "eps") -> torch.Tensor:

@@ -228,8 +228,8 @@ def adaptive_sample(sde, score_fn, shape, *, steps=100, grid=None, eps=1e-3, rto
     denoiser = Denoiser(sde, score_fn)
     rsde = sde.reverse(denoiser.score_fn)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
-    t = torch.full((x.shape[0],), float(sde.T), dtype=torch.float64, device=x.device)
-    h = torch.full_like(t, (sde.T - eps) / steps)
+    t = torch.full((x.shape[0],), sde.sampling_T, dtype=torch.float64, device=x.device)
+    h = torch.full_like(t, (sde.sampling_T - eps) / steps)
     x_prev, z = x, randn_like(x, generator)
     for _ in range(max_iters):
         if not (t - eps > 1e-9).any():

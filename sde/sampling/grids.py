@@ -18,7 +18,7 @@ import torch
 
 from sde.utils import check_eps
 
-GRIDS = ("uniform", "logsnr", "edm", "quadratic")
+GRIDS = ("uniform", "logsnr", "edm", "quadratic", "trailing")
 
 
 def check_grid_args(sde, steps: int, eps: float, grid: str, rho: float = 7.0) -> None:
@@ -51,15 +51,21 @@ def get_time_grid(sde, steps: int, grid: str = "uniform", *, eps: float = 1e-3,
     - "logsnr": uniform in lambda(t) (DPM-Solver, Lu et al. 2022, Sec. 3.3);
     - "edm": uniform in sigma^(1/rho) (Karras et al. 2022, Eq. 5), mapped back to t through
       the SDE's `t_from_log_snr`;
-    - "quadratic": uniform in sqrt(t) (DPM-Solver's "time_quadratic").
+    - "quadratic": uniform in sqrt(t) (DPM-Solver's "time_quadratic");
+    - "trailing": Lin et al. (2024, Sec. 3.4) "trailing" spacing, T - k (T - eps) / steps: uniform
+      steps anchored at T that end one step above eps (the sampler's final jump covers it).
+
+    Grids start at `sde.sampling_T` (T unless alpha(T) = 0).
 
     The last step of every sampler goes from eps to sigma = 0 (see the module docstring).
     """
     check_grid_args(sde, steps, eps, grid, rho)
-    T = float(sde.T)
+    T = float(sde.sampling_T)  # T, or just below it where alpha(T) = 0 (see SDE.sampling_T)
     if steps == 1:
         return torch.tensor([T], dtype=torch.float64)
     u = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)  # (steps,) from T's end to eps's
+    if grid == "trailing":
+        return T - torch.arange(steps, dtype=torch.float64) * ((T - eps) / steps)
     if grid == "uniform":
         t = T + u * (eps - T)
     elif grid == "quadratic":

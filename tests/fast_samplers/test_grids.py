@@ -17,7 +17,7 @@ def is_uniform(v: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("grid", [g for g in GRIDS if g != "trailing"])  # trailing: schedules
 def test_grid_runs_from_T_down_to_eps(sde, grid):
     t = get_time_grid(sde, 12, grid, eps=1e-3)
     assert t.shape == (12,) and t.dtype == torch.float64
