@@ -116,6 +116,31 @@ def smld_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> 
     return _reduce(sq, reduce_mean)
 
 
+def edm_loss(sde, score_fn, x, *, generator=None, P_mean=-1.2, P_std=1.2, sigma_data=0.5,
+             eps=1e-5, reduce_mean=True, t=None) -> torch.Tensor:
+    """EDM's loss (Karras et al. 2022, Eq. 2 and 8, Table 1), (B,): lambda(sigma) ||D(y; sigma) -
+    x||^2 with ln sigma ~ N(P_mean, P_std^2) and lambda = (sigma^2 + sigma_data^2) / (sigma
+    sigma_data)^2, for any SDE through sigma = std / alpha and D = (x_t + std^2 s) / alpha.
+
+    sigma is mapped to t by the SDE's inverse log-SNR and clipped to [eps, sde.sampling_T] (the
+    SDE's noise range); lambda uses the sigma of the clipped t. With prediction="edm" lambda
+    c_out^2 = 1: the network's F regresses with unit weight (EDM's Eq. 8).
+    """
+    if t is None:
+        gen_device = generator.device if generator is not None else x.device
+        n = torch.randn((x.shape[0],), generator=generator, device=gen_device, dtype=torch.float64)
+        lam = -2.0 * (P_mean + P_std * n.cpu())  # log-SNR = -2 ln sigma
+        t = sde.t_from_log_snr(lam).clamp(eps, sde.sampling_T).to(device=x.device, dtype=x.dtype)
+    z = randn_like(x, generator)
+    alpha, std = sde.marginal_coeffs(t.to(x.dtype))  # (B,)
+    a, s = append_dims(alpha, x.ndim), append_dims(std, x.ndim)
+    x_t = a * x + s * z
+    denoised = (x_t + s**2 * score_fn(x_t, t).to(x.dtype)) / a  # Tweedie, (B, ...)
+    sigma = std / alpha
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # (B,)
+    return _reduce((denoised - x) ** 2, reduce_mean) * weight
+
+
 def gaussian_dsm_constant(sde, data_std: float, t: torch.Tensor) -> torch.Tensor:
     """Per-dimension sigma^2-weighted DSM loss of the exact score for data N(0, data_std^2 I):
     alpha^2 s^2 / (alpha^2 s^2 + std^2) at each t (its irreducible value)."""
@@ -124,4 +149,4 @@ def gaussian_dsm_constant(sde, data_std: float, t: torch.Tensor) -> torch.Tensor
     return signal / (signal + std**2)
 
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "importance_times", "gaussian_dsm_constant"]
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "edm_loss", "importance_times", "gaussian_dsm_constant"]
