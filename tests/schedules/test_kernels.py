@@ -161,7 +161,7 @@ def test_trailing_grid_is_lin_et_al():
     np.testing.assert_allclose(g.numpy(), 1.0 - np.arange(steps) * (1.0 - 1e-3) / steps,
                                rtol=1e-12)
     discrete = (np.round(np.arange(1000, 0, -1000 / steps)) - 1) / 999  # as times i / (N - 1)
-    np.testing.assert_allclose(g.numpy(), discrete, atol=1.5e-3)  # index conventions: < 1 step
+    np.testing.assert_allclose(g.numpy(), discrete, atol=2.5e-3)  # index conventions: <= 2 steps
 
 
 def test_new_sdes_rebuild_from_hparams():
