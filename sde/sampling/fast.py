@@ -209,7 +209,7 @@ def adaptive_sample(sde, score_fn, shape, *, steps=100, grid=None, eps=1e-3, rto
     """Adaptive-step reverse-SDE solver with error control (Jolicoeur-Martineau et al. 2021,
     "Gotta go fast", Algorithm 1; defaults from its paper) -> (x, nfe = 2 iterations + 1).
 
-    Integrates the SDE's own reverse-time SDE from T to eps with one step size per example,
+    Integrates the SDE's own reverse-time SDE from `sde.sampling_T` to eps, one step size per example,
     starting from h = (T - eps) / steps, then jumps to sigma = 0 with the denoiser. The grid is
     chosen by the error control, so `grid` must stay None; `nfe` grows as rtol, atol shrink.
 

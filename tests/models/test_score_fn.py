@@ -130,7 +130,7 @@ def test_denoiser_is_tweedie(sde):
 
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="prediction"):
-        get_score_fn(VPSDE(), MLP(), prediction="v")
+        get_score_fn(VPSDE(), MLP(), prediction="w")
     with pytest.raises(ValueError, match="time_input"):
         get_score_fn(VPSDE(), MLP(), time_input="log_sigma")
     with pytest.raises(ValueError, match="VESDE has no DDPM chain"):
