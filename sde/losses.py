@@ -97,7 +97,6 @@ def ddpm_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> 
     eps is -sqrt(1 - abar_i) s(x_i, t_i), t_i = i T / (N - 1), so this is the sigma^2-weighted DSM
     loss at the discrete noise levels.
     """
-    sde.discrete_marginal(torch.zeros(1, dtype=torch.long), x, chain="ddpm")  # the chain or raise
     i, t_i = _grid_index(sde, x, generator, t)
     alpha, std = sde.discrete_marginal(i, x, chain="ddpm")  # (B,)
     z = randn_like(x, generator)
@@ -108,7 +107,6 @@ def ddpm_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> 
 def smld_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> torch.Tensor:
     """NCSN's loss sigma_i^2 ||s(x + sigma_i z, sigma_i) + z / sigma_i||^2 (Song & Ermon 2019,
     Eq. 5 with lambda = sigma^2), (B,), over the discrete sigmas of a VESDE."""
-    sde.discrete_marginal(torch.zeros(1, dtype=torch.long), x, chain="smld")  # the chain or raise
     i, t_i = _grid_index(sde, x, generator, t)
     alpha, sigma = sde.discrete_marginal(i, x, chain="smld")  # (B,), alpha = 1
     z = randn_like(x, generator)
