@@ -34,14 +34,16 @@ def mode_stats(x: torch.Tensor):
     return weights, spreads
 
 
-def fit_report(run_dir, n_samples: int = 4000, n_nll: int = 512, seed: int = 0) -> dict:
-    """Samples with the run's sampler and the NLL (exact divergence) on fresh mixture points."""
+def fit_report(run_dir, n_samples: int = 4000, n_nll: int = 512, seed: int = 0,
+               sampler: dict | None = None) -> dict:
+    """Samples with the run's sampler (updated by `sampler`) and the NLL (exact divergence) on
+    fresh mixture points."""
     from sde import load_run
     from sde.likelihood import log_likelihood
     from sde.sampling.registry import get_sampler
 
     run = load_run(run_dir)
-    options = dict(run.config["sampler"])
+    options = {**run.config["sampler"], **(sampler or {})}
     name = options.pop("name")
     x, _ = get_sampler(name)(run.sde, run.score_fn, (n_samples, 2),
                              generator=torch.Generator().manual_seed(seed), **options)
@@ -83,5 +85,7 @@ def test_toy_experiment_fits_the_mixture(name, tmp_path):
     assert abs(report["nll_gap"]) <= 0.1, report
 
 
-if __name__ == "__main__":
-    print(fit_report(sys.argv[1]))
+if __name__ == "__main__":  # RUN_DIR [sampler.key=value ...]
+    overrides = dict(a.split("=", 1) for a in sys.argv[2:])
+    print(fit_report(sys.argv[1], sampler={k: int(v) if v.isdigit() else v
+                                           for k, v in overrides.items()}))
