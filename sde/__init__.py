@@ -4,9 +4,9 @@
 (`sde.sampling`), and trained runs (`sde.load_run`). See ../shared/API.md for the contract.
 """
 
-from sde.sdes import SDE, VESDE, VPSDE, SubVPSDE
+from sde.sdes import SDE, VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "load_run", "sampling", "likelihood"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "load_run", "sampling", "likelihood"]
 
 
 def load_run(path, *, ema: bool = True, device=None):

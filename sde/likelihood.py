@@ -88,7 +88,7 @@ def log_likelihood(sde, score_fn, x, *, hutchinson="rademacher", rtol=1e-5, atol
     counted = CountedScore(score_fn)
     rsde = sde.reverse(counted, probability_flow=True)
     probe = _probe(name, x, generator)
-    options = solver_options(method, eps, sde.T, sde.N, options, device=x.device)
+    options = solver_options(method, eps, sde.sampling_T, sde.N, options, device=x.device)
 
     def ode_func(t, state):
         x_t = state[0].detach().to(x.dtype).requires_grad_(True)  # (B, ...) in the model's dtype
@@ -98,7 +98,7 @@ def log_likelihood(sde, score_fn, x, *, hutchinson="rademacher", rtol=1e-5, atol
         return drift.detach().to(solver_dtype), div.detach().to(solver_dtype)
 
     state = (x.to(solver_dtype), torch.zeros(x.shape[0], dtype=solver_dtype, device=x.device))
-    times = torch.tensor([eps, sde.T], dtype=solver_dtype, device=x.device)
+    times = torch.tensor([eps, sde.sampling_T], dtype=solver_dtype, device=x.device)
     with reraise_nonfinite(counted, "log_likelihood"):
         x_T, delta_logp = (s[-1] for s in odeint(ode_func, state, times, rtol=rtol, atol=atol,
                                                   method=method, options=options))

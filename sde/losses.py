@@ -92,31 +92,51 @@ def _grid_index(sde, x, generator, t):
 def ddpm_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> torch.Tensor:
     """DDPM's simple loss ||eps_theta(x_i, i) - eps||^2 (Ho et al. 2020, Eq. 14), (B,).
 
-    x_i = sqrt(abar_i) x + sqrt(1 - abar_i) eps with the discrete chain of a VPSDE; the network's
+    x_i = sqrt(abar_i) x + sqrt(1 - abar_i) eps with the DDPM chain of the SDE
+    (`sde.discrete_marginal`: VPSDE, CosineVPSDE; others raise); the network's
     eps is -sqrt(1 - abar_i) s(x_i, t_i), t_i = i T / (N - 1), so this is the sigma^2-weighted DSM
     loss at the discrete noise levels.
     """
-    if not hasattr(sde, "alphas_cumprod"):
-        raise ValueError(f"ddpm_loss needs a VPSDE (the DDPM chain), got {type(sde).__name__}; "
-                         "use loss=dsm for continuous SDEs")
     i, t_i = _grid_index(sde, x, generator, t)
-    abar = sde._buffer("alphas_cumprod", x)[i]  # (B,)
+    alpha, std = sde.discrete_marginal(i, x, chain="ddpm")  # (B,)
     z = randn_like(x, generator)
-    sq = _perturbed_score_error(score_fn, x, t_i, torch.sqrt(abar), torch.sqrt(1.0 - abar), z) ** 2
+    sq = _perturbed_score_error(score_fn, x, t_i, alpha, std, z) ** 2
     return _reduce(sq, reduce_mean)
 
 
 def smld_loss(sde, score_fn, x, *, generator=None, reduce_mean=True, t=None) -> torch.Tensor:
     """NCSN's loss sigma_i^2 ||s(x + sigma_i z, sigma_i) + z / sigma_i||^2 (Song & Ermon 2019,
     Eq. 5 with lambda = sigma^2), (B,), over the discrete sigmas of a VESDE."""
-    if not hasattr(sde, "discrete_sigmas"):
-        raise ValueError(f"smld_loss needs a VESDE (the SMLD noise levels), got "
-                         f"{type(sde).__name__}; use loss=dsm for continuous SDEs")
     i, t_i = _grid_index(sde, x, generator, t)
-    sigma = sde._buffer("discrete_sigmas", x)[i]  # (B,)
+    alpha, sigma = sde.discrete_marginal(i, x, chain="smld")  # (B,), alpha = 1
     z = randn_like(x, generator)
-    sq = _perturbed_score_error(score_fn, x, t_i, torch.ones_like(sigma), sigma, z) ** 2
+    sq = _perturbed_score_error(score_fn, x, t_i, alpha, sigma, z) ** 2
     return _reduce(sq, reduce_mean)
+
+
+def edm_loss(sde, score_fn, x, *, generator=None, P_mean=-1.2, P_std=1.2, sigma_data=0.5,
+             eps=1e-5, reduce_mean=True, t=None) -> torch.Tensor:
+    """EDM's loss (Karras et al. 2022, Eq. 2 and 8, Table 1), (B,): lambda(sigma) ||D(y; sigma) -
+    x||^2 with ln sigma ~ N(P_mean, P_std^2) and lambda = (sigma^2 + sigma_data^2) / (sigma
+    sigma_data)^2, for any SDE through sigma = std / alpha and D = (x_t + std^2 s) / alpha.
+
+    sigma is mapped to t by the SDE's inverse log-SNR and clipped to [eps, sde.sampling_T] (the
+    SDE's noise range); lambda uses the sigma of the clipped t. With prediction="edm" lambda
+    c_out^2 = 1: the network's F regresses with unit weight (EDM's Eq. 8).
+    """
+    if t is None:
+        gen_device = generator.device if generator is not None else x.device
+        n = torch.randn((x.shape[0],), generator=generator, device=gen_device, dtype=torch.float64)
+        lam = -2.0 * (P_mean + P_std * n.cpu())  # log-SNR = -2 ln sigma
+        t = sde.t_from_log_snr(lam).clamp(eps, sde.sampling_T).to(device=x.device, dtype=x.dtype)
+    z = randn_like(x, generator)
+    alpha, std = sde.marginal_coeffs(t.to(x.dtype))  # (B,)
+    a, s = append_dims(alpha, x.ndim), append_dims(std, x.ndim)
+    x_t = a * x + s * z
+    denoised = (x_t + s**2 * score_fn(x_t, t).to(x.dtype)) / a  # Tweedie, (B, ...)
+    sigma = std / alpha
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2  # (B,)
+    return _reduce((denoised - x) ** 2, reduce_mean) * weight
 
 
 def gaussian_dsm_constant(sde, data_std: float, t: torch.Tensor) -> torch.Tensor:
@@ -127,4 +147,4 @@ def gaussian_dsm_constant(sde, data_std: float, t: torch.Tensor) -> torch.Tensor
     return signal / (signal + std**2)
 
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "importance_times", "gaussian_dsm_constant"]
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "edm_loss", "importance_times", "gaussian_dsm_constant"]

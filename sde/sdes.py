@@ -28,6 +28,11 @@ class SDE(abc.ABC):
     """A forward SDE dx = f(x, t) dt + g(t) dw on t in [0, T] (Eq. 5 of Song et al. 2021)."""
 
     T: float = 1.0
+    #: The discrete chain at N noise levels, "ddpm" or "smld"; None where there is none.
+    chain: str | None = None
+    #: Log-SNR where sampling starts when alpha(T) = 0 (see `sampling_T`): -10, about the linear
+    #: VP's own lambda(T) = -10.05, so a zero-SNR schedule starts as close to pure noise.
+    min_log_snr: float = -10.0
 
     def __init__(self, N: int):
         _check(isinstance(N, (int, np.integer)) and N >= 1, f"N must be an integer >= 1, got {N!r}")
@@ -90,6 +95,38 @@ class SDE(abc.ABC):
         dt = self.T / self.N
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
+
+    @property
+    def sampling_T(self) -> float:
+        """Time where every sampler starts and the likelihood's ODE ends: T when alpha(T) > 0.
+
+        Where alpha(T) = 0 (CosineVPSDE, VPSDE(zero_terminal_snr=True)) the drift is singular at
+        T and a score gives no denoiser there (E[x_0 | x_T] = E[x_0] is not in the score), so
+        it is the time of log-SNR `min_log_snr` instead, just below T: x ~ N(0, I) there is off
+        p_t by alpha^2 = 4.5e-5 in variance, as for the linear VP at T.
+        """
+        if "sampling_T" not in self._cache:
+            alpha_T = self.marginal_coeffs(torch.tensor([self.T], dtype=torch.float64))[0]
+            lam = torch.tensor([self.min_log_snr], dtype=torch.float64)
+            t = self.T if alpha_T.item() > 0 else min(self.t_from_log_snr(lam).item(), self.T)
+            self._cache["sampling_T"] = float(t)
+        return self._cache["sampling_T"]
+
+    def discrete_marginal(self, i: torch.Tensor, like: torch.Tensor, *, chain: str | None = None):
+        """(alpha_i, std_i), each (B,) in `like`'s dtype: the discrete chain's kernel x_i =
+        alpha_i x_0 + std_i z at indices i (B,) (DDPM: sqrt(abar_i), sqrt(1 - abar_i); SMLD:
+        1, sigma_i). `chain`, if given ("ddpm" or "smld"), must be this SDE's; a ValueError
+        names the SDE and the fix where it has no such chain."""
+        if self.chain is None or chain not in (None, self.chain):
+            has = {"ddpm": "VPSDE and CosineVPSDE have one", "smld": "VESDE has one"}
+            wanted = f"{chain.upper()} chain ({has[chain]})" if chain in has else "discrete chain"
+            raise ValueError(
+                f"{type(self).__name__} has no {wanted}: use a continuous-time loss and time "
+                f"input with it (loss=dsm, score.time_input=t or sigma), or an SDE with that chain")
+        return self._chain_marginal(i, like)
+
+    def _chain_marginal(self, i, like):
+        raise NotImplementedError
 
     def ancestral_step(self, x, t, score) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and noise std (B,) of one ancestral step from t; only for the discrete chains."""
@@ -213,21 +250,22 @@ class _LinearBetaSDE(SDE):
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "N": self.N}
 
 
-class VPSDE(_LinearBetaSDE):
-    """Variance-preserving SDE dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (Eq. 11); DDPM at N = 1000."""
+class _DDPMChain:
+    """The DDPM chain of a VP-type SDE with discrete betas beta_i: x_{i+1} = sqrt(1 - beta_i) x_i
+    + sqrt(beta_i) z, abar_i = prod_{j <= i} (1 - beta_j) (Ho et al. 2020). Mixed in before SDE."""
 
-    def sde(self, x, t):
-        beta_t = self.beta(t.to(x.dtype))
-        return -0.5 * append_dims(beta_t, x.ndim) * x, torch.sqrt(beta_t)
+    chain = "ddpm"
 
-    _std = staticmethod(torch.sqrt)
+    def _set_chain(self, betas: torch.Tensor) -> None:
+        """Store the float64 betas (N,), their alphas and cumulative products."""
+        self.discrete_betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._cache.clear()
 
-    def t_from_log_snr(self, lam):
-        """Closed form: 2 log alpha(t) = log sigmoid(lambda), a quadratic in t."""
-        log_a2 = torch.nn.functional.logsigmoid(lam.to(torch.float64))
-        b0, d = self.beta_min, self.beta_max - self.beta_min
-        t = (-b0 + torch.sqrt(b0**2 - 2.0 * d * log_a2)) / d
-        return t.to(lam.dtype)
+    def _chain_marginal(self, i, like):
+        abar = self._buffer("alphas_cumprod", like)[i]  # (B,)
+        return torch.sqrt(abar), torch.sqrt(1.0 - abar)
 
     def discretize(self, x, t):
         """The DDPM chain x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z (Eq. 8)."""
@@ -244,6 +282,127 @@ class VPSDE(_LinearBetaSDE):
         beta = self._buffer("discrete_betas", x)[i]
         x_mean = (x + append_dims(beta, x.ndim) * score) / append_dims(torch.sqrt(1.0 - beta), x.ndim)
         return x_mean, torch.sqrt(beta)
+
+    def langevin_scale(self, t):
+        self._check_chain()
+        return self._buffer("alphas", t)[self.timestep(t)]
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+def zero_terminal_snr_betas(betas: torch.Tensor) -> torch.Tensor:
+    """Algorithm 1 of Lin et al. (2024): shift sqrt(abar) so that its last value is 0 and scale it
+    so that its first is unchanged; the betas (N,) of that chain (the last one is 1)."""
+    sqrt_abar = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    abar = ((sqrt_abar - last) * first / (first - last)) ** 2
+    return 1.0 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+
+
+class VPSDE(_DDPMChain, _LinearBetaSDE):
+    """Variance-preserving SDE dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (Eq. 11); DDPM at N = 1000.
+
+    `zero_terminal_snr` (Lin et al. 2024, Algorithm 1 in continuous time): alpha_z(t) = (alpha(t)
+    - alpha(T)) / (1 - alpha(T)), std_z = sqrt(1 - alpha_z^2), i.e. the VP SDE with beta_z(t) =
+    beta(t) alpha(t) / (alpha(t) - alpha(T)), which is infinite at T where alpha_z(T) = 0; the
+    discrete chain's betas are rescaled the same way (`zero_terminal_snr_betas`).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000,
+                 zero_terminal_snr: bool = False):
+        super().__init__(beta_min, beta_max, N)
+        self.zero_terminal_snr = bool(zero_terminal_snr)
+        # alpha(T) of the linear schedule, subtracted by the zero-SNR rescaling (0: none).
+        self.alpha_shift = math.exp(self.log_mean_coeff(self.T)) if self.zero_terminal_snr else 0.0
+        if self.zero_terminal_snr:
+            self._set_chain(zero_terminal_snr_betas(self.discrete_betas))
+
+    def sde(self, x, t):
+        t = t.to(x.dtype)
+        beta_t = self.beta(t)
+        if self.zero_terminal_snr:  # beta_z = -d log alpha_z^2 / dt
+            alpha = torch.exp(self.log_mean_coeff(t))
+            beta_t = beta_t * alpha / (alpha - self.alpha_shift)
+        return -0.5 * append_dims(beta_t, x.ndim) * x, torch.sqrt(beta_t)
+
+    _std = staticmethod(torch.sqrt)
+
+    def marginal_coeffs(self, t):
+        if not self.zero_terminal_snr:
+            return super().marginal_coeffs(t)
+        log_alpha, a_T = self.log_mean_coeff(t), self.alpha_shift
+        alpha = (torch.exp(log_alpha) - a_T) / (1.0 - a_T)
+        one_minus = -torch.expm1(log_alpha) / (1.0 - a_T)  # 1 - alpha_z, without cancellation
+        return alpha, torch.sqrt(one_minus * (1.0 + alpha))
+
+    def score_sde_std(self, t):
+        return self.marginal_coeffs(t)[1] if self.zero_terminal_snr else super().score_sde_std(t)
+
+    def t_from_log_snr(self, lam):
+        """Closed form: alpha_z(t)^2 = sigmoid(lambda), and 2 log alpha(t) is a quadratic in t."""
+        lam64 = lam.to(torch.float64)
+        log_a2 = torch.nn.functional.logsigmoid(lam64)
+        if self.zero_terminal_snr:
+            a_T = self.alpha_shift
+            log_a2 = 2.0 * torch.log(a_T + (1.0 - a_T) * torch.exp(0.5 * log_a2))
+        b0, d = self.beta_min, self.beta_max - self.beta_min
+        t = (-b0 + torch.sqrt(b0**2 - 2.0 * d * log_a2)) / d
+        return t.to(lam.dtype)
+
+    def hparams(self) -> dict:
+        extra = {"zero_terminal_snr": True} if self.zero_terminal_snr else {}
+        return {**super().hparams(), **extra}
+
+
+class CosineVPSDE(_DDPMChain, SDE):
+    """The VP SDE of the cosine schedule (Nichol & Dhariwal 2021, Eq. 17): alpha(t)^2 = f(t) / f(0),
+    f(t) = cos^2(phi(t)), phi(t) = ((t / T + s) / (1 + s)) pi / 2; std = sqrt(1 - alpha^2) and
+    beta(t) = -d log alpha^2 / dt = pi tan(phi(t)) / ((1 + s) T), infinite at T where alpha(T) = 0.
+
+    Its DDPM chain is theirs: beta_i = min(1 - f((i + 1) / N) / f(i / N), 0.999), i = 0..N-1.
+    """
+
+    max_beta = 0.999
+
+    def __init__(self, s: float = 0.008, N: int = 1000):
+        super().__init__(N)
+        _check(s >= 0, f"s must be >= 0, got {s}")
+        self.s = float(s)
+        i = torch.arange(self.N + 1, dtype=torch.float64)
+        f = torch.cos((i / self.N + self.s) / (1 + self.s) * math.pi / 2) ** 2
+        self._set_chain((1.0 - f[1:] / f[:-1]).clamp(max=self.max_beta))
+
+    def _angles(self, t):
+        """(pi/2 - phi(t), phi(t) - phi(0), phi(0)): the forms that stay exact near T and near 0."""
+        scale = 0.5 * math.pi / (1 + self.s)
+        return scale * (1 - t / self.T), scale * t / self.T, scale * self.s
+
+    def marginal_coeffs(self, t):
+        """alpha = cos(phi) / cos(phi_0), std^2 = sin(phi - phi_0) sin(phi + phi_0) / cos^2(phi_0)
+        (= 1 - alpha^2 without cancellation); alpha(T) = 0 exactly."""
+        to_end, from_start, phi0 = self._angles(t)
+        alpha = torch.sin(to_end) / math.cos(phi0)
+        std = torch.sqrt(torch.sin(from_start) * torch.sin(from_start + 2 * phi0)) / math.cos(phi0)
+        return alpha, std
+
+    def sde(self, x, t):
+        to_end = self._angles(t.to(x.dtype))[0]
+        beta_t = math.pi / ((1 + self.s) * self.T) / torch.tan(to_end)  # pi tan(phi) / ((1 + s) T)
+        return -0.5 * append_dims(beta_t, x.ndim) * x, torch.sqrt(beta_t)
+
+    def t_from_log_snr(self, lam):
+        """Closed form: cos(phi(t)) = sqrt(sigmoid(lambda)) cos(phi_0)."""
+        alpha = torch.sigmoid(lam.to(torch.float64)).sqrt()
+        phi = torch.arccos(alpha * math.cos(self._angles(0.0)[2]))
+        return (self.T * (2 * (1 + self.s) * phi / math.pi - self.s)).to(lam.dtype)
+
+    def _check_chain(self) -> None:
+        """Nothing to check: the betas are clipped at `max_beta` < 1."""
+
+    def hparams(self) -> dict:
+        return {"s": self.s, "N": self.N}
 
 
 class SubVPSDE(_LinearBetaSDE):
@@ -298,6 +457,12 @@ class VESDE(SDE):
         """Closed form: lambda = -2 log sigma(t)."""
         log_ratio = math.log(self.sigma_max / self.sigma_min)
         return (-0.5 * lam - math.log(self.sigma_min)) / log_ratio
+
+    chain = "smld"
+
+    def _chain_marginal(self, i, like):
+        sigma = self._buffer("discrete_sigmas", like)[i]  # (B,)
+        return torch.ones_like(sigma), sigma
 
     def _adjacent_sigmas(self, x, t):
         i = self.timestep(t)

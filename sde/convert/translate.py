@@ -73,8 +73,9 @@ def sde_section(config: Mapping) -> dict:
     name = str(config["training"]["sde"]).lower()
     target, keys = _SDES[name]
     model = config["model"]
+    zero_snr = {"zero_terminal_snr": False} if name == "vpsde" else {}  # score_sde has none
     return {"_target_": target, **{k: float(model[k]) for k in keys},
-            "N": int(model["num_scales"])}
+            "N": int(model["num_scales"]), **zero_snr}
 
 
 def model_section(config: Mapping) -> dict:

@@ -8,7 +8,7 @@ time_input
     "t"          cond = time_scale * t (999 t: score_sde's continuous VP / sub-VP models)
     "sigma"      cond = std(t) (score_sde's continuous VE models)
     "step"       cond = t (N - 1) as a float and std = sqrt(1 - alphas_cumprod[floor]) (DDPM
-                 discrete VP models, exactly as score_sde); needs an SDE with `alphas_cumprod`
+                 discrete VP models, exactly as score_sde); needs an SDE with a DDPM chain
     "smld_step"  cond = round((T - t)(N - 1)), the index into descending sigmas, and the std of
                  that step (score_sde's discrete VE / SMLD models)
 std
@@ -20,6 +20,13 @@ prediction
     "score"         network predicts the score itself (e.g. NCSN++ with scale_by_sigma)
     "scaled_score"  network predicts std * score (= -eps): score = out / std
     "x0"            network predicts the clean data: score = (alpha out - x) / std^2
+    "v"             network predicts v = alpha eps - std x0 (Salimans & Ho 2022, Sec. 4), any SDE:
+                    eps = (std x + alpha v) / (alpha^2 + std^2), score = -eps / std
+    "edm"           EDM's preconditioning (Karras et al. 2022, Table 1, Eq. 7) for any SDE, with
+                    sigma = std / alpha and y = x / alpha: D(y) = c_skip y + c_out F(c_in y,
+                    c_noise), score = (alpha D - x) / std^2; the network sees c_noise = log(sigma)
+                    / 4 as its cond (time_input only supplies alpha and std), `sigma_data` sets
+                    the data scale. Computed in forms that stay finite where alpha = 0.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from sde.models.ncsnpp import NCSNpp
 from sde.utils import append_dims
 
 TIME_INPUTS = ("t", "sigma", "step", "smld_step")
-PREDICTIONS = ("eps", "score", "scaled_score", "x0")
+PREDICTIONS = ("eps", "score", "scaled_score", "x0", "v", "edm")
 STDS = ("exact", "score_sde")
 
 
@@ -60,15 +67,9 @@ def model_time(sde, t: torch.Tensor, time_input: str = "t", time_scale: float = 
 
 def _discrete_vp_time(sde, t: torch.Tensor):
     """The DDPM chain's label t (N - 1) and sqrt(alphas_cumprod), sqrt(1 - alphas_cumprod)."""
-    alphas_cumprod = getattr(sde, "alphas_cumprod", None)
-    if alphas_cumprod is None:
-        raise ValueError(
-            f"time_input='step' needs an SDE with a discrete DDPM chain (alphas_cumprod); "
-            f"{type(sde).__name__} has none: use time_input='t' or 'sigma'"
-        )
     labels = t * (sde.N - 1)
-    abar = alphas_cumprod.to(device=t.device, dtype=t.dtype)[labels.long()]
-    return labels, torch.sqrt(abar), torch.sqrt(1.0 - abar)
+    alpha, std = sde.discrete_marginal(labels.long(), t, chain="ddpm")  # raises without the chain
+    return labels, alpha, std
 
 
 def output_to_score(out, x, alpha, std, prediction: str = "eps") -> torch.Tensor:
@@ -80,24 +81,54 @@ def output_to_score(out, x, alpha, std, prediction: str = "eps") -> torch.Tensor
         return -out / append_dims(std, x.ndim)
     if prediction == "scaled_score":
         return out / append_dims(std, x.ndim)
-    return (append_dims(alpha, x.ndim) * out - x) / append_dims(std**2, x.ndim)
+    if prediction == "edm":
+        raise ValueError("prediction='edm' scales the network's input too: use get_score_fn")
+    alpha, std = append_dims(alpha, x.ndim), append_dims(std, x.ndim)
+    if prediction == "v":
+        return -(std * x + alpha * out) / (std * (alpha**2 + std**2))
+    return (alpha * out - x) / std**2
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float = 0.5):
+    """(c_skip, c_out, c_in, c_noise) of EDM's preconditioning (Karras et al. 2022, Table 1)."""
+    sd2 = sigma_data**2
+    total = sigma**2 + sd2
+    return sd2 / total, sigma * sigma_data / total.sqrt(), 1.0 / total.sqrt(), sigma.log() / 4
+
+
+def _edm_score(model, x, alpha, std, sigma_data, kwargs):
+    """score = (alpha D - x) / std^2 with EDM's D(y) = c_skip y + c_out F(c_in y, c_noise), written
+    in x: with r = sqrt(std^2 + alpha^2 sigma_data^2) = alpha sqrt(sigma^2 + sigma_data^2),
+    c_in y = x / r and score = (alpha sigma_data F / std - x / r) / r (finite at alpha = 0)."""
+    tiny = torch.finfo(alpha.dtype).tiny
+    c_noise = 0.25 * (torch.log(std) - torch.log(alpha.clamp_min(tiny)))  # log(sigma) / 4, (B,)
+    r = append_dims(torch.sqrt(std**2 + (alpha * sigma_data) ** 2), x.ndim)
+    out = model(x / r, c_noise, **kwargs)
+    a, s = append_dims(alpha, x.ndim), append_dims(std, x.ndim)
+    return (a * sigma_data * out / s - x / r) / r
 
 
 def get_score_fn(sde, model, *, prediction: str = "eps", time_input: str = "t",
-                 time_scale: float = 999.0, std: str = "exact", model_kwargs: dict | None = None):
+                 time_scale: float = 999.0, std: str = "exact", sigma_data: float = 0.5,
+                 model_kwargs: dict | None = None):
     """Wrap `model(x, cond, **model_kwargs)` into `score_fn(x, t)` for any SDE.
 
     Train/eval mode is the caller's business: this never calls `model.train()` / `.eval()`.
+    `sigma_data` is used by prediction="edm" only.
     """
     _check_option("prediction", prediction, PREDICTIONS)
+    if not sigma_data > 0:
+        raise ValueError(f"sigma_data must be > 0, got {sigma_data!r}")
     _check_option("time_input", time_input, TIME_INPUTS)
     _check_option("std", std, STDS)
     kwargs = dict(model_kwargs or {})
 
     def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cond, alpha, sd = model_time(sde, t, time_input, time_scale, std)
-        out = model(x, cond, **kwargs)
-        return output_to_score(out, x, alpha.to(x.dtype), sd.to(x.dtype), prediction)
+        alpha, sd = alpha.to(x.dtype), sd.to(x.dtype)
+        if prediction == "edm":
+            return _edm_score(model, x, alpha, sd, float(sigma_data), kwargs)
+        return output_to_score(model(x, cond, **kwargs), x, alpha, sd, prediction)
 
     return score_fn
 
@@ -112,5 +143,5 @@ def get_denoiser_fn(sde, score_fn):
     return denoiser
 
 
-__all__ = ["MLP", "NCSNpp", "DDPM", "get_score_fn", "get_denoiser_fn", "model_time",
+__all__ = ["MLP", "NCSNpp", "DDPM", "get_score_fn", "get_denoiser_fn", "model_time", "edm_coefficients",
            "output_to_score", "TIME_INPUTS", "PREDICTIONS", "STDS"]

@@ -21,8 +21,10 @@ from sde.utils import CountedScore, append_dims, batch_time, check_eps, lookup, 
 
 # --- shared pieces ----------------------------------------------------------------------------
 def _grid(sde, eps: float) -> list[float]:
-    """score_sde's time grid linspace(T, eps, N), as Python floats."""
-    return torch.linspace(sde.T, eps, sde.N, dtype=torch.float64).tolist()
+    """score_sde's time grid linspace(T, eps, N), as Python floats; where alpha(T) = 0 it starts
+    below T, at `sde.sampling_T`, as `pc_sample` does."""
+    t = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64)
+    return t[t <= sde.sampling_T].tolist()
 
 
 def _steppers(sde, score_fn, predictor, corrector, snr, n_steps, corrector_options=None):

@@ -215,7 +215,7 @@ def adaptive_sample(sde, score_fn, shape, *, steps=100, grid=None, eps=1e-3, rto
     """Adaptive-step reverse-SDE solver with error control (Jolicoeur-Martineau et al. 2021,
     "Gotta go fast", Algorithm 1; defaults from its paper) -> (x, nfe = 2 iterations + 1).
 
-    Integrates the SDE's own reverse-time SDE from T to eps with one step size per example,
+    Integrates the SDE's own reverse-time SDE from `sde.sampling_T` to eps, one step size per example,
     starting from h = (T - eps) / steps, then jumps to sigma = 0 with the denoiser. The grid is
     chosen by the error control, so `grid` must stay None; `nfe` grows as rtol, atol shrink.
 
@@ -235,8 +235,8 @@ def adaptive_sample(sde, score_fn, shape, *, steps=100, grid=None, eps=1e-3, rto
     denoiser = Denoiser(sde, score_fn)
     rsde = sde.reverse(denoiser.score_fn)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
-    t = torch.full((x.shape[0],), float(sde.T), dtype=torch.float64, device=x.device)
-    h = torch.full_like(t, (sde.T - eps) / steps)
+    t = torch.full((x.shape[0],), sde.sampling_T, dtype=torch.float64, device=x.device)
+    h = torch.full_like(t, (sde.sampling_T - eps) / steps)
     x_prev, z = x, randn_like(x, generator)
     for _ in range(max_iters):
         if not (t - eps > 1e-9).any():

@@ -19,7 +19,7 @@ import torch
 from sde.utils import check_eps
 
 FORMULA_GRIDS = ("uniform", "logsnr", "edm", "quadratic")
-GRIDS = (*FORMULA_GRIDS, "optimized")  # "optimized": stored times from `optimize_grid`
+GRIDS = (*FORMULA_GRIDS, "trailing", "optimized")  # "optimized": stored times from `optimize_grid`
 
 
 def check_grid_args(sde, steps: int, eps: float, grid: str, rho: float = 7.0) -> None:
@@ -46,7 +46,7 @@ def t_of_sigma(sde, sigma: torch.Tensor) -> torch.Tensor:
 
 def check_stored_grid(sde, steps: int, eps: float, times) -> torch.Tensor:
     """`times` as a float64 tensor, or a ValueError unless it is a grid of `steps` strictly
-    decreasing times from T to eps (what `optimize_grid` returns)."""
+    decreasing times from `sde.sampling_T` to eps (what `optimize_grid` returns)."""
     if times is None:
         raise ValueError("grid='optimized' needs times=...: compute them once with "
                          "sde.sampling.optimize_grid(sde, score_fn, steps, x0) and pass them")
@@ -54,9 +54,10 @@ def check_stored_grid(sde, steps: int, eps: float, times) -> torch.Tensor:
     if t.shape != (steps,):
         raise ValueError(f"the stored grid has {t.numel()} times but steps={steps}; recompute "
                          f"it with optimize_grid for this number of steps")
-    if not (abs(t[0].item() - sde.T) < 1e-9 and abs(t[-1].item() - eps) < 1e-9
+    T = sde.sampling_T
+    if not (abs(t[0].item() - T) < 1e-9 and abs(t[-1].item() - eps) < 1e-9
             and bool((t.diff() < 0).all())):
-        raise ValueError(f"the stored grid must decrease strictly from T={sde.T} to eps={eps}, "
+        raise ValueError(f"the stored grid must decrease strictly from T={T} to eps={eps}, "
                          f"got {t.tolist()}")
     return t
 
@@ -69,7 +70,11 @@ def get_time_grid(sde, steps: int, grid: str = "uniform", *, eps: float = 1e-3,
     - "logsnr": uniform in lambda(t) (DPM-Solver, Lu et al. 2022, Sec. 3.3);
     - "edm": uniform in sigma^(1/rho) (Karras et al. 2022, Eq. 5), mapped back to t through
       the SDE's `t_from_log_snr`;
-    - "quadratic": uniform in sqrt(t) (DPM-Solver's "time_quadratic").
+    - "quadratic": uniform in sqrt(t) (DPM-Solver's "time_quadratic");
+    - "trailing": Lin et al. (2024, Sec. 3.4) "trailing" spacing, T - k (T - eps) / steps: uniform
+      steps anchored at T that end one step above eps (the sampler's final jump covers it).
+
+    Grids start at `sde.sampling_T` (T unless alpha(T) = 0).
 
     - "optimized": the stored `times` (from `optimize_grid`), checked and returned.
 
@@ -80,10 +85,12 @@ def get_time_grid(sde, steps: int, grid: str = "uniform", *, eps: float = 1e-3,
         if grid != "optimized":
             raise ValueError(f"times=... is the stored grid of grid='optimized', not {grid!r}")
         return check_stored_grid(sde, steps, eps, times)
-    T = float(sde.T)
+    T = float(sde.sampling_T)  # T, or just below it where alpha(T) = 0 (see SDE.sampling_T)
     if steps == 1:
         return torch.tensor([T], dtype=torch.float64)
     u = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)  # (steps,) from T's end to eps's
+    if grid == "trailing":
+        return T - torch.arange(steps, dtype=torch.float64) * ((T - eps) / steps)
     if grid == "uniform":
         t = T + u * (eps - T)
     elif grid == "quadratic":

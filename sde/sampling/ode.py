@@ -81,8 +81,9 @@ def denoise_step(sde, score_fn, x, eps: float):
 @torch.no_grad()
 def ode_sample(sde, score_fn, shape, *, rtol=1e-5, atol=1e-5, method="dopri5", eps=1e-3,
                denoise=False, generator=None, device=None, dtype=torch.float32, options=None):
-    """Sample by integrating the probability-flow ODE from x_T ~ prior to t = eps with a
-    torchdiffeq solver (Section 4.3 of Song et al. 2021) -> (x, nfe).
+    """Sample by integrating the probability-flow ODE from x ~ prior at `sde.sampling_T` (T
+    unless alpha(T) = 0) to t = eps with a torchdiffeq solver (Section 4.3 of Song et al. 2021)
+    -> (x, nfe).
 
     `method` is any torchdiffeq solver; fixed-grid ones ("euler", "rk4", ...) take `sde.N` uniform
     steps unless `options={"step_size": h}`. `denoise` adds score_sde's final reverse-diffusion
@@ -92,7 +93,7 @@ def ode_sample(sde, score_fn, shape, *, rtol=1e-5, atol=1e-5, method="dopri5", e
     check_tolerances(rtol=rtol, atol=atol)
     counted = CountedScore(score_fn)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
-    x, _ = solve_pf_ode(sde, counted, x, sde.T, eps, rtol=rtol, atol=atol, method=method,
+    x, _ = solve_pf_ode(sde, counted, x, sde.sampling_T, eps, rtol=rtol, atol=atol, method=method,
                         options=options)
     if denoise:
         x = denoise_step(sde, counted, x, eps)

@@ -114,5 +114,5 @@ def optimize_grid(sde, score_fn, steps: int, x0: torch.Tensor, *, eps: float = 1
             margin = 1e-3 * (log_s[i - 1] - log_s[i + 1])
             log_s[i] = _golden_min(local, log_s[i + 1] + margin, log_s[i - 1] - margin, iters)
     out = t_of_sigma(sde, torch.exp(torch.tensor(log_s, dtype=torch.float64)))
-    out[0], out[-1] = float(sde.T), eps  # exact end points (the inverse maps round)
+    out[0], out[-1] = sde.sampling_T, eps  # exact end points (the inverse maps round)
     return out

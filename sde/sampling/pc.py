@@ -18,7 +18,8 @@ def pc_sample(sde, score_fn, shape, *, predictor="reverse_diffusion", corrector=
               corrector_options=None):
     """Predictor-corrector sampling (Algorithm 1 of Song et al. 2021) -> (x, nfe).
 
-    Starts from x_T ~ prior and, at each t of linspace(T, eps, N) (score_sde's grid), runs the
+    Starts from x_T ~ prior and, at each t of linspace(T, eps, N) (score_sde's grid) up to
+    `sde.sampling_T` (T, or just below it where alpha(T) = 0), runs the
     corrector then the predictor. Returns the last step's noise-free mean when `denoise` is set
     (the last noise is not added), else its noisy output. `nfe` is the number of `score_fn` calls.
     `callback`, if given, is called after each step with a dict {i, t, x, x_mean}.
@@ -30,6 +31,7 @@ def pc_sample(sde, score_fn, shape, *, predictor="reverse_diffusion", corrector=
     predictor_obj = get_predictor(predictor)(sde, counted, probability_flow)
     corrector_obj = get_corrector(corrector)(sde, counted, snr, n_steps, **(corrector_options or {}))
     timesteps = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64)
+    timesteps = timesteps[timesteps <= sde.sampling_T]  # alpha(T) = 0: start below T
     check_chain(sde, predictor_obj, corrector_obj, timesteps)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
     x_mean = x

@@ -80,7 +80,7 @@ class AncestralSamplingPredictor(Predictor):
             )
         # Fail at construction, not mid-sampling, for SDEs without a discrete chain.
         probe = torch.zeros(1, 1, dtype=torch.float64)
-        sde.ancestral_step(probe, torch.full((1,), sde.T, dtype=torch.float64), probe)
+        sde.ancestral_step(probe, torch.full((1,), sde.sampling_T, dtype=torch.float64), probe)
         super().__init__(sde, score_fn, probability_flow)
 
     def check_steps(self, t):

@@ -80,7 +80,7 @@ def test_translated_network_builds(name):
 def test_translation_of_each_kind():
     vp = translate(released("vp/cifar10_ddpmpp_continuous").config)
     assert vp["sde"] == {"_target_": "sde.sdes.VPSDE", "beta_min": 0.1, "beta_max": 20.0,
-                         "N": 1000}
+                         "N": 1000, "zero_terminal_snr": False}
     assert vp["score"] == {"prediction": "eps", "time_input": "t", "std": "score_sde",
                            "time_scale": 999.0}
     assert vp["data"]["centered"] and vp["loss"]["reduce_mean"]
