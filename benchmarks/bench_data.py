@@ -62,6 +62,7 @@ def measure(folder: Path, workers: int, batch_size: int, stream: bool) -> dict:
     from hydra import compose, initialize_config_dir
 
     from sde.data import Dataset
+    from sde.runs.paths import CONFIG_DIR
     from sde.train import run
 
     overrides = ["experiment=ve_church", f"data.root={folder}", "data.size=64",
@@ -70,7 +71,7 @@ def measure(folder: Path, workers: int, batch_size: int, stream: bool) -> dict:
                  "trainer.device=cpu", "trainer.progress=false", "trainer.sample_every=0",
                  "trainer.num_samples=0", "trainer.eval_every=0", "trainer.log_every=10",
                  "trainer.checkpoint_every=1000000", "logger=none"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     data_options = {k: v for k, v in dict(cfg.data).items()}
     tic = time.perf_counter()

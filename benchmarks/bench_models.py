@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-
 from omegaconf import OmegaConf
 
 from sde.runs.paths import CONFIG_DIR, group_config
 
+ROOT = Path(__file__).resolve().parents[1]
 CONF = CONFIG_DIR / "model"
 IMAGE_MODELS = ["ddpmpp", "ncsnpp", "ddpm", "ddpmpp_deep", "ncsnpp_deep"]
 MLP_BATCH_FACTOR = 1024  # the MLP runs at batch_size * 1024 rows of 2-D data

@@ -24,8 +24,8 @@ def run(cfg: DictConfig, run_dir) -> dict:
     from hydra.utils import instantiate
 
     from sde.distill import DistillSettings, distill, load_teacher, make_distiller
-    from sde.training.distributed import cleanup, init_distributed
     from sde.runs.logger import attach_file_log, make_logger
+    from sde.training.distributed import cleanup, init_distributed
 
     c = OmegaConf.to_container(cfg, resolve=True)
     if c["method"] not in ("progressive", "consistency", "add"):

@@ -164,23 +164,6 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * min(1.0, step / s.warmup) if s.warmup > 0 else s.lr
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """"fp32" or "bf16" for trainer.precision=auto|fp32|bf16 (auto: bf16 on CUDA devices that
-    support it, else fp32). Stand-in until `sde.training.precision.resolve_precision` lands."""
-    try:
-        from sde.training.precision import resolve_precision as resolve
-    except ImportError:
-        resolve = None
-    if resolve is not None:
-        return resolve(requested, device)
-    if requested not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"trainer.precision must be auto, fp32 or bf16, got {requested!r}")
-    if requested != "auto":
-        return requested
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return "bf16" if cuda_bf16 else "fp32"
-
-
 def _nonfinite_rows(x: torch.Tensor) -> list[int]:
     """Indices of the examples of a batch (B, ...) holding NaN or Inf."""
     return (~torch.isfinite(x.flatten(1).float())).any(1).nonzero().flatten().tolist()

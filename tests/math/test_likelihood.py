@@ -173,7 +173,8 @@ def test_hutchinson_probe_is_fixed_over_the_integration(mixture):
 
 
 def test_nll_of_continuous_data_with_a_centred_scaler():
-    """`sde.evaluate`'s nll (sde.runs.evaluate.likelihood_metric) in data space = -(log p_model(scaler(y)) + log|det d scaler / dy|).
+    """`sde.evaluate`'s nll (`likelihood_metric`) in data space
+    = -(log p_model(scaler(y)) + log|det d scaler / dy|).
     Data y ~ N(m, s^2 I) in D = 2, scaler x = 2 y - 1 (log-det D log 2), so the model-space data is
     N(2 m - 1, 4 s^2 I) and the nll must be the closed form -log N(y; m, s^2 I); a flipped sign of
     the log-determinant would be off by 2 D log 2 = 2.77 nats."""

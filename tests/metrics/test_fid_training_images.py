@@ -1,7 +1,7 @@
 """The training images scored against their own reference statistics, through the function
-`sde.evaluate` (through `sde.runs.evaluate.image_quality`) computes FID/KID/IS with (issue 10 section 4): FID is 0 to rounding, KID equals its
-closed form for two copies of one set, IS the formula applied to the network's logits. Random
-Inception weights, written by the test."""
+`sde.evaluate` computes FID/KID/IS with (`sde.runs.evaluate.image_quality`; issue 10 section 4):
+FID is 0 to rounding, KID equals its closed form for two copies of one set, IS the formula
+applied to the network's logits. Random Inception weights, written by the test."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from sde.runs.evaluate import EvalOptions, image_quality
 from sde.metrics.inception import WEIGHTS_FILE, FIDInceptionV3, load_inception
+from sde.runs.evaluate import EvalOptions, image_quality
 
 N, SIZE = 6, 16
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra import compose, initialize_config_dir
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from sde.runs.paths import CONFIG_DIR
+
+CONF = str(CONFIG_DIR)
 TINY_MLP = ["model.hidden=16", "model.num_layers=1", "model.emb_dim=8", "data.n=64"]
 FAST = ["logger=none", "trainer.progress=false", "trainer.batch_size=4", "trainer.log_every=1",
         "trainer.eval_batches=1", "trainer.num_samples=4", "trainer.sample_every=0",
