@@ -16,7 +16,7 @@ STAMP      := $(VENV)/.installed
 # W&B runs offline unless WANDB_API_KEY is set (decided in sde/training/logging.py).
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install test test-slow test-gpu lint format smoke train sample evaluate bench-models bench-bf16 bench-samplers bench-data bench-conditional bench-distill bench-latent clean
+.PHONY: install test test-slow test-gpu lint format smoke train sample evaluate bench-models bench-bf16 bench-samplers bench-schedules bench-data bench-conditional bench-distill bench-latent clean
 
 install: $(STAMP)
 
@@ -66,6 +66,9 @@ bench-bf16: install
 
 bench-samplers: install
 	$(PY) benchmarks/bench_samplers.py
+
+bench-schedules: install
+	$(PY) benchmarks/bench_schedules.py
 
 bench-data: install
 	$(PY) benchmarks/bench_data.py
