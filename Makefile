@@ -64,8 +64,9 @@ bench-models: install
 bench-bf16: install
 	$(PY) benchmarks/bench_models.py --quick --isa-sweep --threads 1 --clock process
 
-bench-samplers: install
+bench-samplers: install   # the samplers on exact scores, then the column per SDE (bench-schedules)
 	$(PY) benchmarks/bench_samplers.py
+	$(PY) benchmarks/bench_schedules.py
 
 bench-schedules: install
 	$(PY) benchmarks/bench_schedules.py
