@@ -3,6 +3,7 @@
     python -m sde.sample run=DIR_OR_CKPT sampler=pc n=64 seed=0 batch_size=64 [out=FILE.npz]
     python -m sde.sample run=DIR format=png out_dir=DIR n=50000       # one {seed:06d}.png each
     torchrun --nproc_per_node=K -m sde.sample run=DIR ...             # seeds sharded over ranks
+    python -m sde.sample run=DIR label=3 guidance=2 n=64              # class 3 (label=all: each)
 
 Everything (SDE, network, scaler, shape) comes from the checkpoint; `sde.runs.sample_run` does
 the work. Sample i uses the per-sample seed seed * 1_000_000 + i (sde.runs.env).
@@ -29,7 +30,8 @@ def main(cfg: DictConfig) -> None:
         sample_run(cfg.run, sampler=sampler, sampler_options=options, n=cfg.n, seed=cfg.seed,
                    batch_size=cfg.batch_size, out=cfg.out, format=cfg.format,
                    out_dir=cfg.out_dir, ema=cfg.ema, device=info.device,
-                   runs_root=cfg.runs_root, info=info, progress=cfg.progress)
+                   runs_root=cfg.runs_root, info=info, progress=cfg.progress,
+                   label=cfg.label, guidance=cfg.guidance)
     finally:
         cleanup()
 
