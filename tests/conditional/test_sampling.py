@@ -56,6 +56,7 @@ def test_guidance_without_label_is_a_clear_error(cond_run, tmp_path):
         sample_run(cond_run, n=2, label=1, guidance=-1.0, out=tmp_path / "x.npz", device="cpu")
 
 
+@pytest.mark.slow  # a python -m sde.sample process: ~10-50 s on 2 busy cores
 def test_cli_label(cond_run, tmp_path):
     import subprocess
     import sys

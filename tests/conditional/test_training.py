@@ -67,9 +67,9 @@ def test_labels_reach_the_network(tmp_path, monkeypatch):
         assert torch.equal(y[kept], truth[kept]) and 0 < kept.sum() < 16
 
 
-def test_conditional_network_is_required():
+def test_conditional_network_is_required(tmp_path):
     with pytest.raises(ValueError, match="model.num_classes=10"):
-        run(compose_train([*COND, "model.num_classes=null", "trainer.steps=1"]), "/tmp/unused")
+        run(compose_train([*COND, "model.num_classes=null", "trainer.steps=1"]), tmp_path / "r")
 
 
 def test_resume_is_bit_exact(tmp_path):
