@@ -259,9 +259,13 @@ def _check_resume(saved: dict, config: dict, path) -> None:
             f"{new}); point data.* at the original data or use a new hydra.run.dir")
 
 
-def check_labels(model: nn.Module, data) -> None:
-    """Class-conditional data needs a network with `num_classes` equal to the data's."""
+def check_labels(model: nn.Module, data, label_dropout: float = 0.0) -> None:
+    """Class-conditional data needs a network with `num_classes` equal to the data's; label
+    dropout needs labels."""
     wanted, has = getattr(data, "num_classes", None), getattr(model, "num_classes", None)
+    if wanted is None and label_dropout > 0:
+        raise ValueError(f"trainer.label_dropout={label_dropout:g} drops class labels, but the "
+                         "data has none: set data.labels=true (or trainer.label_dropout=0)")
     if wanted is not None and has != wanted:
         raise ValueError(f"data.labels=true gives {wanted} classes but the network has "
                          f"num_classes={has}; set model.num_classes={wanted}")
@@ -316,7 +320,7 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     bs = per_rank_batch(s.batch_size, info.world)
     precision = resolve_precision(s.precision, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    check_labels(model, data)
+    check_labels(model, data, s.label_dropout)
     conditional = getattr(data, "labels", None) is not None
     model = model.to(dev)
     if s.channels_last and len(data.shape) == 3:

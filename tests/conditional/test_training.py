@@ -70,6 +70,11 @@ def test_labels_reach_the_network(tmp_path, monkeypatch):
 def test_conditional_network_is_required(tmp_path):
     with pytest.raises(ValueError, match="model.num_classes=10"):
         run(compose_train([*COND, "model.num_classes=null", "trainer.steps=1"]), tmp_path / "r")
+    with pytest.raises(ValueError, match="set data.labels=true"):
+        run(compose_train([*COND, "data.labels=false", "model.num_classes=null",
+                           "trainer.steps=1"]), tmp_path / "u")
+    with pytest.raises(ValueError, match=r"trainer.label_dropout must be in \[0, 1\]"):
+        TrainSettings(label_dropout=1.5)
 
 
 def test_resume_is_bit_exact(tmp_path):
