@@ -8,6 +8,7 @@ TORCH      ?= torch==2.13.0
 EXPERIMENT ?= vp_digits
 SAMPLER    ?= pc
 RUN        ?=
+TASK       ?=
 # Extra Hydra overrides for train / sample / evaluate, e.g. make train ARGS='trainer.steps=100'
 ARGS       ?=
 PYTEST_ARGS ?=
@@ -53,7 +54,7 @@ train: install
 	$(PY) -m sde.train experiment=$(EXPERIMENT) $(ARGS)
 
 sample: install
-	$(PY) -m sde.sample sampler=$(SAMPLER) $(if $(RUN),run=$(RUN),) $(ARGS)
+	$(PY) -m sde.sample sampler=$(SAMPLER) $(if $(RUN),run=$(RUN),) $(if $(TASK),task=$(TASK),) $(ARGS)
 
 evaluate: install
 	$(PY) -m sde.evaluate $(if $(RUN),run=$(RUN),) $(ARGS)

@@ -11,6 +11,10 @@ Image data (`levels` set: 17 for the 8x8 digits, 256 for 8-bit images) is mapped
 x / (levels - 1), or with uniform dequantization as (x + u) / levels, u ~ U[0, 1); then to
 [-1, 1] when `centered`. Continuous data (`levels: null`: toy sets, `npz`) is used as is.
 Every dataset has a `fingerprint` (str) of its source, to tell a resume on other data.
+
+Class labels (`data.labels: true`, digits and in-memory CIFAR-10): `labels` (N,) int64 and
+`num_classes`; `batch_labels(step, ...)` gives the labels of the very examples of
+`batch(step, ...)` (the same indices). Without them `labels` is None and `batch` is unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ log = logging.getLogger("sde.data")
 IMAGE_SOURCES = ("digits", "cifar10", "folder", "photos")
 CONTINUOUS_SOURCES = ("npz", *toy.TOY_SETS)
 STREAM_SOURCES = ("cifar10", "folder")
+LABELLED_SOURCES = {"digits": 10, "cifar10": 10}  # name -> number of classes
 
 
 def data_scalers(*, levels: int | None, centered: bool):
@@ -162,8 +167,12 @@ class Dataset:
     In memory for small sets; for `folder` and `cifar10` with `stream` true (the default)
     `Dataset(...)` returns a `StreamingDataset`."""
 
-    def __new__(cls, name: str = "", *args, stream: bool | None = None, **kwargs):
+    def __new__(cls, name: str = "", *args, stream: bool | None = None, labels: bool = False,
+                **kwargs):
         if cls is Dataset and name in STREAM_SOURCES and stream is not False:
+            if labels:
+                raise DataError(f"data.labels=true reads data={name} into memory: also set "
+                                "data.stream=false")
             from sde.data.stream import StreamingDataset
 
             return super().__new__(StreamingDataset)
@@ -172,7 +181,7 @@ class Dataset:
     def __init__(self, name: str, shape=None, *, levels: int | None = None, centered: bool = True,
                  random_flip: bool = False, dequantize: bool = False, stream: bool | None = None,
                  workers: int = 0, prefetch: int = 2, pin_memory: bool | None = None,
-                 **source_options):
+                 labels: bool = False, **source_options):
         self._set_transforms(name, levels, centered, random_flip, dequantize)
         if stream:
             raise DataError(f"data.stream applies to {list(STREAM_SOURCES)}; data={name} is "
@@ -182,6 +191,23 @@ class Dataset:
                                                   if source_options.get("path") else ""))
         self._set_shape(tuple(self.data.shape[1:]), shape)
         self.fingerprint = self._fingerprint(name, source_options)
+        self.labels, self.num_classes = self._labels(name, labels, source_options)
+
+    def _labels(self, name: str, wanted: bool, source_options: dict):
+        """(labels (N,) int64, num_classes) of the examples, or (None, None) if not `wanted`."""
+        if not isinstance(wanted, bool):
+            raise DataError(f"data.labels must be true or false, got {wanted!r}")
+        if not wanted:
+            return None, None
+        if name not in LABELLED_SOURCES:
+            raise DataError(f"data={name} has no class labels (data.labels=true needs one of "
+                            f"{sorted(LABELLED_SOURCES)}); set data.labels=false")
+        train = source_options.get("train", True)
+        labels = (sources.digits_labels(train=train) if name == "digits"
+                  else sources.cifar10_labels(source_options["root"], train=train))
+        if len(labels) != len(self.data):
+            raise DataError(f"data={name}: {len(labels)} labels for {len(self.data)} examples")
+        return labels, LABELLED_SOURCES[name]
 
     def _set_transforms(self, name, levels, centered, random_flip, dequantize) -> None:
         self.name, self.levels, self.centered = name, levels, centered
@@ -224,6 +250,13 @@ class Dataset:
         idx = self.indices(step, batch_size, seed=seed, rank=rank, world=world)
         return self.transform(self.data[idx], step_generator(seed, rank, step, 2))
 
+    def batch_labels(self, step: int, batch_size: int, *, seed: int, rank: int = 0,
+                     world: int = 1) -> torch.Tensor:
+        """The class labels (batch_size,) of the examples of `batch(step, ...)` (same indices)."""
+        if self.labels is None:
+            raise DataError(f"data={self.name} was built without labels; set data.labels=true")
+        return self.labels[self.indices(step, batch_size, seed=seed, rank=rank, world=world)]
 
-__all__ = ["Dataset", "DataError", "check_finite", "check_model_input", "data_scalers",
+
+__all__ = ["Dataset", "DataError", "LABELLED_SOURCES", "check_finite", "check_model_input", "data_scalers",
            "load_source", "sources", "step_generator", "step_indices", "to_model_space", "toy"]

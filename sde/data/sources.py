@@ -35,28 +35,43 @@ class DataError(ValueError):
 DIGITS_TEST = 297  # held-out digits (1500 train / 297 test, a fixed random split)
 
 
-def digits(*, train: bool | None = True) -> torch.Tensor:
-    """scikit-learn's bundled 8x8 digits (values 0..16), uint8 (N, 1, 8, 8): the 1500 training
-    images, the 297 held-out test images (`train=False`), or all 1797 (`train=None`); the split
-    is a fixed permutation (seed 0).
-
-    Read straight from sklearn's `datasets/data/digits.csv.gz` (what `load_digits` reads),
-    which spares the slow `import sklearn`."""
+def _digits_table() -> np.ndarray:
+    """sklearn's `datasets/data/digits.csv.gz` (what `load_digits` reads), (1797, 65): 64 pixels
+    (0..16) then the label (0..9); read straight, which spares the slow `import sklearn`."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
         raise FileNotFoundError("data=digits needs scikit-learn (pip install scikit-learn)")
     csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
     if csv.is_file():
-        table = np.loadtxt(csv, delimiter=",", dtype=np.float64)  # (N, 65): pixels, label
-    else:  # a future layout: let sklearn find it
-        from sklearn.datasets import load_digits
+        return np.loadtxt(csv, delimiter=",", dtype=np.float64)  # (N, 65): pixels, label
+    from sklearn.datasets import load_digits  # a future layout: let sklearn find it
 
-        table = load_digits().data
-    images = torch.from_numpy(table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8))  # 0..16
+    bunch = load_digits()
+    return np.concatenate([bunch.data, bunch.target[:, None]], axis=1)
+
+
+def _digits_split(n: int, train: bool | None) -> torch.Tensor:
+    """Row indices of the fixed digits split (a seed-0 permutation; all rows if `train` None)."""
     if train is None:
-        return images
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    return images[order[DIGITS_TEST:] if train else order[:DIGITS_TEST]]
+        return torch.arange(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return order[DIGITS_TEST:] if train else order[:DIGITS_TEST]
+
+
+def digits(*, train: bool | None = True) -> torch.Tensor:
+    """scikit-learn's bundled 8x8 digits (values 0..16), uint8 (N, 1, 8, 8): the 1500 training
+    images, the 297 held-out test images (`train=False`), or all 1797 (`train=None`); the split
+    is a fixed permutation (seed 0)."""
+    table = _digits_table()
+    images = torch.from_numpy(table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8))  # 0..16
+    return images[_digits_split(len(images), train)]
+
+
+def digits_labels(*, train: bool | None = True) -> torch.Tensor:
+    """The class (0..9) of each image of `digits(train=...)`, in the same order, int64 (N,)."""
+    table = _digits_table()
+    labels = torch.from_numpy(table[:, 64].astype(np.int64))
+    return labels[_digits_split(len(labels), train)]
 
 
 # --- CIFAR-10 ----------------------------------------------------------------------------------
@@ -166,6 +181,22 @@ def cifar10(root: str | Path, *, train: bool = True) -> torch.Tensor:
         batches = _cifar_batches_from_tar(archive, names)
     data = np.concatenate([b[b"data"] for b in batches])  # (N, 3072) uint8
     return torch.from_numpy(data.reshape(-1, 3, 32, 32))
+
+
+def cifar10_labels(root: str | Path, *, train: bool = True) -> torch.Tensor:
+    """The class (0..9) of each image of `cifar10(root, train=...)`, same order, int64 (N,)."""
+    names = CIFAR10_TRAIN if train else CIFAR10_TEST
+    root = Path(root).expanduser()
+    for folder in (root, root / "cifar-10-batches-py"):
+        if all((folder / n).is_file() for n in names):
+            batches = _cifar_batches_from_dir(folder, names)
+            break
+    else:
+        archive = root if root.is_file() else root / "cifar-10-python.tar.gz"
+        if not archive.is_file():
+            cifar10(root, train=train)  # raises its FileNotFoundError naming the fix
+        batches = _cifar_batches_from_tar(archive, names)
+    return torch.from_numpy(np.concatenate([np.asarray(b[b"labels"]) for b in batches])).long()
 
 
 # --- image folders -----------------------------------------------------------------------------

@@ -38,9 +38,11 @@ def split_sampler(section: Mapping) -> tuple[str, dict]:
 @torch.no_grad()
 def generate(sampler: str, sde, score_fn, shape: Sequence[int], *, seeds: Sequence[int],
              batch_size: int, options: Mapping | None = None, device=None,
-             progress: bool = True) -> tuple[torch.Tensor, float, float]:
+             progress: bool = True, per_batch: bool = False) -> tuple[torch.Tensor, float, float]:
     """Samples in model space (len(seeds), *shape) on the CPU, sample i from a generator seeded
-    `seeds[i]`, in batches of `batch_size` -> (x, mean NFE per batch, seconds)."""
+    `seeds[i]`, in batches of `batch_size` -> (x, mean NFE per batch, seconds). With
+    `per_batch`, `score_fn(start, stop)` gives the score_fn of samples start:stop (e.g. their
+    class labels)."""
     from tqdm import tqdm
 
     from sde.sampling.registry import get_sampler
@@ -55,7 +57,8 @@ def generate(sampler: str, sde, score_fn, shape: Sequence[int], *, seeds: Sequen
                       disable=not progress):
         batch_seeds = seeds[first:first + batch_size]
         generator = PerSampleGenerator(batch_seeds, device=gen_device)
-        x, nfe = fn(sde, score_fn, (len(batch_seeds), *shape), generator=generator,
+        batch_score_fn = score_fn(first, first + len(batch_seeds)) if per_batch else score_fn
+        x, nfe = fn(sde, batch_score_fn, (len(batch_seeds), *shape), generator=generator,
                     device=device, **dict(options or {}))
         out.append(x.detach().float().cpu())
         nfes.append(nfe)
@@ -81,27 +84,78 @@ def check_finite_samples(x: torch.Tensor, sampler: str) -> None:
             "earlier checkpoint, ema=false), or use more steps (sampler.steps) / another sampler")
 
 
+def parse_labels(label, n: int, num_classes: int | None) -> torch.Tensor | None:
+    """The class label of each of n samples (n,) int64: `label` C for all, or "all" for an equal
+    share per class in blocks (0, 0, ..., 1, 1, ...); None for label=None."""
+    if label is None:
+        return None
+    if num_classes is None:
+        raise ValueError("label= needs a class-conditional run (trained with data.labels=true "
+                         "and model.num_classes, e.g. experiment=vp_digits_cond); this run is "
+                         "unconditional: drop label=")
+    if label == "all":
+        return torch.arange(n) * num_classes // n  # (n,): blocks of n / num_classes
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+        raise ValueError(f"label must be an integer in [0, {num_classes - 1}] or 'all', got "
+                         f"{label!r}")
+    return torch.full((n,), label, dtype=torch.long)
+
+
+def class_score_fn(run, labels: torch.Tensor, guidance: float = 0.0, *, classifier=None):
+    """`(start, stop) -> score_fn` of samples start:stop of class `labels[start:stop]`:
+    classifier-free guidance (Ho & Salimans 2022) on the run's conditional network, or, with
+    `classifier` (a loaded noise-conditional classifier run), classifier guidance on the run's
+    score (Song et al. 2021, Eq. 14). guidance=0 is the conditional score."""
+    from sde.models import get_score_fn
+    from sde.sampling.controllable import classifier_guided_score, guided_score
+
+    score = run.config.get("score", {})
+
+    def make(start: int, stop: int):
+        y = labels[start:stop].to(run.device)  # (B,)
+        if classifier is not None:
+            return classifier_guided_score(run.score_fn, classifier.log_prob_fn(y), guidance)
+        cond = get_score_fn(run.sde, run.model, **score, model_kwargs={"class_labels": y})
+        if guidance == 0:
+            return cond
+        null = torch.full_like(y, run.model.num_classes)
+        uncond = get_score_fn(run.sde, run.model, **score, model_kwargs={"class_labels": null})
+        return guided_score(cond, uncond, guidance)
+
+    return make
+
+
 def draw_samples(run, *, sampler: str = "pc", sampler_options: Mapping | None = None, n: int,
                  seed: int = 0, batch_size: int = 64, score_fn=None, device=None,
-                 info: DistInfo | None = None, progress: bool = True):
+                 info: DistInfo | None = None, progress: bool = True, labels=None,
+                 guidance: float = 0.0, classifier=None):
     """This rank's share of n samples of a loaded run, in data space (images in [0, 1])
-    -> (samples, their seeds, NFE, seconds); all of them in one process."""
+    -> (samples, their seeds, NFE, seconds); all of them in one process. With `labels` (n,)
+    sample i is of class labels[i] (`class_score_fn`)."""
     info = info or DistInfo()
     if n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     seeds = sample_seeds(seed, n)
-    mine = [seeds[i] for i in shard(n, info)]
+    idx = list(shard(n, info))
+    mine = [seeds[i] for i in idx]
+    per_batch = labels is not None
+    if per_batch:
+        score_fn = class_score_fn(run, labels[idx], guidance, classifier=classifier)
     x, nfe, seconds = generate(sampler, run.sde, score_fn or run.score_fn, run.shape, seeds=mine,
                                batch_size=batch_size, options=sampler_options, device=device,
-                               progress=progress and info.is_main)
+                               progress=progress and info.is_main, per_batch=per_batch)
     check_finite_samples(x, sampler)
     return to_data_space(x, run.inverse_scaler, run.shape), mine, nfe, seconds
 
 
-def save_samples(samples: torch.Tensor, seeds: Sequence[int], out, *, title: str = "") -> dict:
-    """`out` (.npz: samples in data space, their seeds) and its figure next to it (.png)."""
+def save_samples(samples: torch.Tensor, seeds: Sequence[int], out, *, title: str = "",
+                 labels: torch.Tensor | None = None) -> dict:
+    """`out` (.npz: samples in data space, their seeds [and class labels]) and its figure next
+    to it (.png)."""
     out = Path(out)
     arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
     atomic_write(out, lambda f: np.savez(f, **arrays))
     png = save_figure(samples, out.with_suffix(".png"), title=title)
     return {"npz": str(out), "png": str(png) if png else None}
@@ -118,12 +172,12 @@ def save_pngs(images: torch.Tensor, seeds: Sequence[int], out_dir) -> list[Path]
 
 
 def _outputs(run_dir: Path, *, sampler: str, seed: int, n: int, format: str, out,
-             out_dir) -> Path:
+             out_dir, tag: str = "") -> Path:
     """The .npz file (format=npz) or folder (format=png) to write, checked writable before any
     work."""
     if format not in FORMATS:
         raise ValueError(f"format={format!r}; choose one of {list(FORMATS)}")
-    stem = run_dir / "samples" / f"{sampler}_seed{seed}_n{n}"
+    stem = run_dir / "samples" / f"{sampler}{tag}_seed{seed}_n{n}"
     if format == "png":
         return check_writable(Path(out_dir) if out_dir else stem, what="output folder")
     target = Path(out) if out else stem.with_suffix(".npz")
@@ -134,12 +188,15 @@ def _outputs(run_dir: Path, *, sampler: str, seed: int, n: int, format: str, out
 def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None = None,
                n: int = 64, seed: int = 0, batch_size: int = 64, out=None, format: str = "npz",
                out_dir=None, ema: bool = True, device=None, runs_root=RUNS_ROOT,
-               info: DistInfo | None = None, progress: bool = True) -> dict:
+               info: DistInfo | None = None, progress: bool = True, label=None,
+               guidance: float = 0.0) -> dict:
     """Sample a run (directory or checkpoint; None: the newest under `runs_root`) and write
     the files; returns the JSON record, also printed and appended to <run>/samples.jsonl.
 
     format="npz": `out` (default <run>/samples/<sampler>_seed<S>_n<N>.npz) and a figure next to
-    it; format="png": one `{seed:06d}.png` per sample in `out_dir`."""
+    it; format="png": one `{seed:06d}.png` per sample in `out_dir`. `label` (an int, or "all":
+    an equal share per class) samples a class of a class-conditional run with classifier-free
+    guidance weight `guidance` (0: the conditional score)."""
     from sde.runs.load import load_run
 
     info = info or DistInfo()
@@ -149,15 +206,19 @@ def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None
     path = resolve_run(run, runs_root)  # a bad path fails before anything heavy
     device = resolve_device(device, local_rank=info.local_rank)
     run_dir = run_dir_of(path)
+    _check_guidance(label, guidance)
+    tag = "" if label is None else f"_label{label}_w{guidance:g}"
     target = _outputs(run_dir, sampler=sampler, seed=seed, n=n, format=format, out=out,
-                      out_dir=out_dir)
+                      out_dir=out_dir, tag=tag)
     loaded = load_run(path, ema=ema, device=device)
+    labels = parse_labels(label, n, getattr(loaded.model, "num_classes", None))
     if format == "png" and not is_image_shape(loaded.shape):
         raise ValueError(f"format=png writes images, but this run's data is shaped "
                          f"{list(loaded.shape)}; use format=npz")
     samples, seeds, nfe, seconds = draw_samples(
         loaded, sampler=sampler, sampler_options=sampler_options, n=n, seed=seed,
-        batch_size=batch_size, device=device, info=info, progress=progress)
+        batch_size=batch_size, device=device, info=info, progress=progress, labels=labels,
+        guidance=guidance)
     if format == "png":
         save_pngs(samples, seeds, target)
         files = {"out_dir": str(target)}
@@ -167,14 +228,28 @@ def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None
     if format == "npz":
         samples = torch.cat([p[0] for p in parts])
         seeds = [s for p in parts for s in p[1]]
-        files = save_samples(samples, seeds, target, title=f"{sampler}, NFE {nfe:g}")
+        files = save_samples(samples, seeds, target, title=f"{sampler}, NFE {nfe:g}",
+                             labels=labels)
     seconds = max(p[2] if format == "npz" else p for p in parts)
     record = {"run": str(path), "sampler": sampler, "n": n, "seed": seed,
               "batch_size": batch_size, "nfe": nfe, "seconds": round(seconds, 3),
               "img_per_s": round(n / max(seconds, 1e-9), 3), "device": str(device),
               "processes": info.world, "format": format, **files}
+    if label is not None:
+        record.update(label=label, guidance=guidance)
     log_record(record, run_dir / "samples.jsonl")
     return record
+
+
+def _check_guidance(label, guidance) -> None:
+    """guidance= needs label=; guidance is a finite number >= 0."""
+    ok = isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and np.isfinite(
+        guidance)
+    if not ok or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if label is None and guidance != 0:
+        raise ValueError("guidance= weights the class of label=: also give label=C (or "
+                         "label=all)")
 
 
 def log_record(record: dict, path: Path) -> None:

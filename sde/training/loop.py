@@ -34,7 +34,7 @@ from sde.training.precision import resolve_precision
 
 log = logging.getLogger("sde.train")
 
-LOSS_STREAM, DROPOUT_STREAM, EVAL_STREAM, SAMPLE_STREAM = 0, 3, 4, 5
+LOSS_STREAM, DROPOUT_STREAM, EVAL_STREAM, SAMPLE_STREAM, LABEL_STREAM = 0, 3, 4, 5, 6
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -102,6 +102,7 @@ class TrainSettings:
     channels_last: bool = _D["channels_last"]
     compile: bool = _D["compile"]
     progress: bool = _D["progress"]
+    label_dropout: float = _D["label_dropout"]
     sampler: dict = field(default_factory=lambda: {"name": "pc"})
 
     def __post_init__(self):
@@ -117,6 +118,9 @@ class TrainSettings:
         if self.grad_clip is not None:
             _check_number(self.grad_clip, "optim.grad_clip", low=0.0)
         _check_number(self.ema_decay, "trainer.ema_decay", low=0.0)
+        _check_number(self.label_dropout, "trainer.label_dropout", low=0.0)
+        if not self.label_dropout <= 1:
+            raise ValueError(f"trainer.label_dropout must be in [0, 1], got {self.label_dropout!r}")
         if not self.ema_decay < 1:
             raise ValueError(f"trainer.ema_decay must be in [0, 1), got {self.ema_decay!r}")
         betas = tuple(self.betas) if isinstance(self.betas, Sequence) and not isinstance(
@@ -238,6 +242,35 @@ def _check_resume(saved: dict, config: dict, path) -> None:
             f"{new}); point data.* at the original data or use a new hydra.run.dir")
 
 
+def check_labels(model: nn.Module, data, label_dropout: float = 0.0) -> None:
+    """Class-conditional data needs a network with `num_classes` equal to the data's; label
+    dropout needs labels."""
+    wanted, has = getattr(data, "num_classes", None), getattr(model, "num_classes", None)
+    if wanted is None and label_dropout > 0:
+        raise ValueError(f"trainer.label_dropout={label_dropout:g} drops class labels, but the "
+                         "data has none: set data.labels=true (or trainer.label_dropout=0)")
+    if wanted is not None and has != wanted:
+        raise ValueError(f"data.labels=true gives {wanted} classes but the network has "
+                         f"num_classes={has}; set model.num_classes={wanted}")
+
+
+def step_labels(data, step: int, batch_size: int, *, s: TrainSettings, info: DistInfo,
+                dropout: float) -> torch.Tensor:
+    """The class labels (B,) of the batch of `step` (1-based), each replaced by the null label
+    `num_classes` with probability `dropout` (classifier-free guidance training, Ho & Salimans
+    2022, Alg. 1), drawn from the step's own generator (exactly resumable)."""
+    y = data.batch_labels(step - 1, batch_size, seed=s.seed, rank=info.rank, world=info.world)
+    drop = torch.rand(batch_size, generator=step_generator(s.seed, info.rank, step, LABEL_STREAM))
+    return torch.where(drop < dropout, data.num_classes, y).to(info.device)
+
+
+def labelled_score_fn(get_score_fn, sde, model, labels: torch.Tensor | None):
+    """`get_score_fn(sde, model)` with `class_labels=labels` (unchanged when labels is None)."""
+    if labels is None:
+        return get_score_fn(sde, model)
+    return get_score_fn(sde, model, model_kwargs={"class_labels": labels})
+
+
 @torch.no_grad()
 def eval_loss(sde, model, loss_fn, data, get_score_fn, *, s: TrainSettings, info: DistInfo,
               batch_size: int) -> float:
@@ -247,6 +280,10 @@ def eval_loss(sde, model, loss_fn, data, get_score_fn, *, s: TrainSettings, info
     total = torch.zeros((), device=info.device)
     for k in range(s.eval_batches):
         x = data.batch(k, batch_size, seed=s.seed + 1, rank=info.rank, world=info.world)
+        if getattr(data, "labels", None) is not None:  # the true labels, no dropout
+            y = data.batch_labels(k, batch_size, seed=s.seed + 1, rank=info.rank,
+                                  world=info.world).to(info.device)
+            score_fn = labelled_score_fn(get_score_fn, sde, model, y)
         g = step_generator(s.seed, info.rank, k, EVAL_STREAM, device=info.device)
         total += loss_fn(sde, score_fn, x.to(info.device), generator=g).mean()
     return float(all_mean(total / max(s.eval_batches, 1), info))
@@ -266,6 +303,8 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     bs = per_rank_batch(s.batch_size, info.world)
     precision = resolve_precision(s.precision, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    check_labels(model, data, s.label_dropout)
+    conditional = getattr(data, "labels", None) is not None
     model = model.to(dev)
     if s.channels_last and len(data.shape) == 3:
         model = model.to(memory_format=torch.channels_last)
@@ -319,7 +358,10 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
         if not info.is_main or s.num_samples <= 0:
             return
         name, options = split_sampler(s.sampler)
-        x, nfe, _ = generate(name, sde, get_score_fn(sde, ema.model_ema), data.shape,
+        labels = (torch.arange(s.num_samples, device=dev) % data.num_classes  # 0, 1, ..., 9, 0..
+                  if conditional else None)
+        x, nfe, _ = generate(name, sde, labelled_score_fn(get_score_fn, sde, ema.model_ema,
+                                                          labels), data.shape,
                              seeds=sample_seeds(s.seed, s.num_samples), batch_size=s.num_samples,
                              options=options, device=dev, progress=False)
         ref = data.data[:2000] if len(data.shape) == 1 else None
@@ -345,6 +387,9 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
                 group["lr"] = lr_at(step, s)
             torch.manual_seed(_seed(s.seed, info.rank, step, DROPOUT_STREAM))  # dropout
             g = step_generator(s.seed, info.rank, step, LOSS_STREAM, device=dev)
+            if conditional:  # the loss keeps its signature: the labels ride in score_fn
+                score_fn = labelled_score_fn(get_score_fn, sde, train_model, step_labels(
+                    data, step, bs, s=s, info=info, dropout=s.label_dropout))
             with autocast:
                 loss = loss_fn(sde, score_fn, x, generator=g).mean()
             optimizer.zero_grad(set_to_none=True)
