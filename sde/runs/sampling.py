@@ -30,9 +30,14 @@ FORMATS = ("npz", "png")
 
 
 def split_sampler(section: Mapping) -> tuple[str, dict]:
-    """(name, options) of a `conf/sampler/*.yaml` section: every key but `name` is an option."""
+    """(name, options) of a `conf/sampler/*.yaml` section: every key but `name` is an option;
+    options the sampler does not take are a ValueError naming them."""
+    from sde.sampling.registry import check_sampler_options
+
     options = dict(section)
-    return str(options.pop("name", "pc")), options
+    name = str(options.pop("name", "pc"))
+    check_sampler_options(name, options)
+    return name, options
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ dtype=torch.float32, **options) -> (x, nfe)`."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from sde.sampling.fast import (
@@ -84,3 +86,33 @@ SAMPLERS = {
 def get_sampler(name: str):
     """The sampler function registered under `name` (see SAMPLERS)."""
     return lookup(SAMPLERS, name, "sampler")
+
+
+def _option_names(name: str) -> set[str] | None:
+    """The keyword options sampler `name` takes (None: any); pc, ode and distilled pass their
+    **options on to pc_sample, ode_sample and distilled_sample."""
+    from sde.distill.sampling import distilled_sample
+    from sde.sampling.ode import ode_sample
+    from sde.sampling.pc import pc_sample
+
+    fns = [get_sampler(name)]
+    fns += {"pc": [pc_sample], "ode": [ode_sample], "distilled": [distilled_sample]}.get(name, [])
+    names = set()
+    for fn in fns:
+        params = inspect.signature(fn).parameters.values()
+        names |= {p.name for p in params if p.kind == p.KEYWORD_ONLY}
+        if fn is fns[-1] and any(p.kind == p.VAR_KEYWORD for p in params):
+            return None
+    return names
+
+
+def check_sampler_options(name: str, options) -> None:
+    """A ValueError naming the options that sampler `name` does not take, before any work (an
+    experiment's `sampler.*` keys stay when the command line switches to another sampler)."""
+    known = _option_names(name)
+    unknown = sorted(set(options) - known) if known is not None else []
+    if unknown:
+        raise ValueError(f"sampler={name} takes no option {', '.join(unknown)} (its options: "
+                         f"{', '.join(sorted(known - {'generator', 'device', 'dtype'}))}); drop "
+                         f"it with ~sampler.{unknown[0]} (the experiment may set it for another "
+                         "sampler)")

@@ -302,6 +302,7 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
     logger = logger or NullLogger()
     bs = per_rank_batch(s.batch_size, info.world)
     precision = resolve_precision(s.precision, dev)
+    split_sampler(s.sampler)  # the end-of-training sampler's options, checked before training
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     check_labels(model, data, s.label_dropout)
     conditional = getattr(data, "labels", None) is not None

@@ -235,3 +235,28 @@ def test_pc_with_steps_up_to_beta_max_names_the_cause(steps, predictor, correcto
         with pytest.raises(ValueError, match=r"beta_max / N must stay below 1.*steps"):
             run(steps)
     assert torch.isfinite(run(21)[0]).all()
+
+
+def test_an_option_the_sampler_does_not_take_is_named_before_any_work():
+    """An experiment's `sampler.corrector: none` stays when the command line switches to
+    sampler=heun: refused with the key named, not a TypeError after training."""
+    from sde.sampling.registry import check_sampler_options
+
+    with pytest.raises(ValueError, match=r"sampler=heun takes no option corrector .*~sampler"):
+        check_sampler_options("heun", {"steps": 4, "corrector": "none"})
+    with pytest.raises(ValueError, match="sampler=pc takes no option eta"):
+        check_sampler_options("pc", {"eta": 0.0})
+    check_sampler_options("pc", {"steps": 4, "corrector": "none", "corrector_options": {}})
+    check_sampler_options("ddim", {"steps": 4, "eta": 1.0, "grid": "logsnr"})
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_shipped_sampler_config_takes_its_own_options(name):
+    from omegaconf import OmegaConf
+
+    from sde.runs.paths import CONFIG_DIR
+    from sde.runs.sampling import split_sampler
+
+    file = CONFIG_DIR / "sampler" / f"{name}.yaml"
+    if file.exists():
+        split_sampler(OmegaConf.to_container(OmegaConf.load(file)))
