@@ -21,6 +21,8 @@ from sde.runs.sweep import report_failures, run_name, sweep_point
 
 def run(cfg: DictConfig, run_dir) -> dict:
     """Train the experiment `cfg` into `run_dir` (resuming from its checkpoints if any)."""
+    if cfg.get("task", "score") == "autoencoder":
+        return run_autoencoder(cfg, run_dir)
     from hydra.utils import instantiate
 
     from sde.data import Dataset, check_model_input
@@ -34,8 +36,16 @@ def run(cfg: DictConfig, run_dir) -> dict:
                                            seed=cfg.seed, sampler=plain(cfg.sampler))
     with claim_run_dir(run_dir, info):
         data = Dataset(**plain(cfg.data))
+        if cfg.get("autoencoder"):  # a score model on the frozen autoencoder's latents
+            from sde.latent.data import latent_dataset
+
+            data = latent_dataset(data, cfg.autoencoder, cache=bool(cfg.get("cache_latents")),
+                                  run_dir=run_dir, seed=cfg.seed, batch_size=cfg.trainer.batch_size,
+                                  device=info.device)
         config = plain(cfg)
         config["data"].update(shape=list(data.shape), fingerprint=getattr(data, "fingerprint", None))
+        if hasattr(data, "latent_config"):
+            config["latent"] = data.latent_config()
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         sde, model, loss_fn = instantiate(cfg.sde), instantiate(cfg.model), instantiate(cfg.loss)
         check_model_input(model, data.shape)  # channels/size vs the network: one clear error
@@ -43,6 +53,34 @@ def run(cfg: DictConfig, run_dir) -> dict:
         return train_run(sde=sde, model=model, loss_fn=loss_fn, data=data, info=info,
                          score_options=plain(cfg.score), settings=settings, run_dir=run_dir,
                          config=config, logger_options=logger)
+
+
+def run_autoencoder(cfg: DictConfig, run_dir) -> dict:
+    """Train the autoencoder of `cfg` (`task: autoencoder`) into `run_dir` (see
+    sde.training.autoencoder)."""
+    from hydra.utils import instantiate
+
+    from sde.data import Dataset
+    from sde.training.autoencoder import train_autoencoder_run
+    from sde.training.distributed import init_distributed
+    from sde.training.loop import TrainSettings
+    from sde.training.runner import claim_run_dir
+
+    plain = lambda node: OmegaConf.to_container(node, resolve=True)
+    info = init_distributed(cfg.trainer.device)
+    settings = TrainSettings.from_sections(trainer=plain(cfg.trainer), optim=plain(cfg.optim),
+                                           seed=cfg.seed, sampler=plain(cfg.sampler))
+    with claim_run_dir(run_dir, info):
+        data = Dataset(**plain(cfg.data))
+        config = plain(cfg)
+        config["data"].update(shape=list(data.shape), fingerprint=getattr(data, "fingerprint", None))
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        autoencoder, loss_fn = instantiate(cfg.model), instantiate(cfg.loss)
+        autoencoder.latent_shape((1, *data.shape))  # channels/size vs the network: one clear error
+        logger = {**plain(cfg.logger), **run_name(cfg, Path(run_dir))}
+        return train_autoencoder_run(autoencoder=autoencoder, loss_fn=loss_fn, data=data,
+                                     info=info, settings=settings, run_dir=run_dir,
+                                     config=config, logger_options=logger)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
