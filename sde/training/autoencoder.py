@@ -36,8 +36,8 @@ from sde.training.loop import (
     _check_finite,
     _check_resume,
     _progress,
-    _StopFlag,
     _stop_requested,
+    _StopFlag,
     lr_at,
     make_optimizer,
 )
