@@ -222,3 +222,43 @@ def test_an_autoencoder_run_is_not_a_score_run(ae_digits_run, ldm_digits_run):
         load_run(ae_digits_run)
     with pytest.raises(CheckpointError, match="not an autoencoder run"):
         load_autoencoder(ldm_digits_run)
+
+
+def _ddp_worker(rank, world, port, run_dir, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    captured = {}
+    real = ae_loop.fit_autoencoder
+
+    def fit(**kwargs):
+        captured.update(ae=kwargs["autoencoder"], disc=kwargs["loss_fn"].discriminator)
+        return real(**kwargs)
+
+    ae_loop.fit_autoencoder = fit
+    cfg = compose_train(["experiment=ae_digits", *FAST, *TINY_AE, "loss.disc_start=2",
+                         "trainer.steps=3", "trainer.batch_size=8", "trainer.device=cpu"])
+    last = run(cfg, run_dir)
+    disc = captured["disc"]  # parameters only: BatchNorm statistics are per rank
+    torch.save({"ae": captured["ae"].state_dict(), "last": last,
+                "disc": {k: v for k, v in disc.named_parameters()}},
+               f"{out_dir}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_ae_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2,
+             join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for part in ("ae", "disc"):
+        for name, value in r0[part].items():
+            assert torch.equal(value, r1[part][name]), (part, name)
+    assert r0["last"]["step"] == 3 and r0["last"]["loss"] == r1["last"]["loss"]
+    assert "d_loss" in r0["last"]
