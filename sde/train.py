@@ -23,6 +23,10 @@ def run(cfg: DictConfig, run_dir) -> dict:
     """Train the experiment `cfg` into `run_dir` (resuming from its checkpoints if any)."""
     if cfg.get("task", "score") == "autoencoder":
         return run_autoencoder(cfg, run_dir)
+    if "autoencoder" in cfg.keys() and OmegaConf.is_missing(cfg, "autoencoder"):
+        raise ValueError(f"experiment={cfg.experiment} trains on an autoencoder's latents: pass "
+                         "autoencoder=RUN, an ae_* run directory (python -m sde.train "
+                         "experiment=ae_digits) or a diffusers VAE folder")
     from hydra.utils import instantiate
 
     from sde.data import Dataset, check_model_input

@@ -71,6 +71,11 @@ def test_latent_experiments_compose(name):
         assert cfg.autoencoder == "/some/run" and cfg.cache_latents is False
 
 
+def test_ldm_without_an_autoencoder_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="pass autoencoder=RUN"):
+        run(compose_train(["experiment=ldm_digits", *FAST]), tmp_path / "run")
+
+
 def test_ae_digits_runs_two_steps(ae_digits_run):
     ckpt = load_checkpoint(latest_checkpoint(ae_digits_run))
     assert ckpt["step"] == 2 and ckpt["config"]["task"] == "autoencoder"
