@@ -14,8 +14,8 @@
    the frozen encoder run on every batch (on the fly).
 3. Trained runs (optional, `--ae-run`, `--ldm-run`, `--pixel-run`): the held-out PSNR of an
    `experiment=ae_digits` run, and for `n` samples of an `ldm_digits` run (decoded) and of the
-   pixel-space `vp_digits` run (same sampler, seeds): the training throughput logged in their
-   metrics.json and, when `sde.metrics.digits` is installed, the digits classifier's mean
+   pixel-space `vp_digits` run (same sampler, seeds): the median training throughput logged in
+   their metrics.json and, when `sde.metrics.digits` is installed, the digits classifier's mean
    confidence (max softmax) on the samples.
 
     python benchmarks/bench_latent.py --ae-run runs/ae_digits/T --ldm-run runs/ldm_digits/T \
@@ -169,9 +169,11 @@ def sample_run_row(run_dir, *, n: int, steps: int) -> dict:
     images, *_ = draw_samples(loaded, sampler="pc", sampler_options={"steps": steps}, n=n,
                               seed=0, batch_size=n, device="cpu", progress=False)
     seconds = time.perf_counter() - start
-    train = json.loads((Path(run_dir) / "metrics.json").read_text())["train"]
+    logged = json.loads((Path(run_dir) / "metrics.json").read_text())["history"]
+    throughput = [r["img_per_s"] for r in logged if "img_per_s" in r]
     return dict(run=loaded.config["experiment"], space=str(list(loaded.shape)),
-                train_img_per_s=train.get("img_per_s"), sample_seconds=round(seconds, 1),
+                train_img_per_s=statistics.median(throughput) if throughput else None,
+                sample_seconds=round(seconds, 1),
                 classifier_confidence=_confidence(images))
 
 
