@@ -162,3 +162,24 @@ def latent_dataset(images, autoencoder, *, cache: bool, run_dir, seed: int, batc
              list(space.latent_shape((1, *images.shape))[1:]), factor)
     cached = _cache(space, images, Path(run_dir) / CACHE_NAME, seed=seed) if cache else None
     return LatentDataset(images, space, autoencoder_path=str(path), cached=cached)
+
+
+def training_data(config: dict, *, run_dir, device=None):
+    """The training data of a resolved train config: `sde.data.Dataset(**config["data"])`, or,
+    with `autoencoder` set, its `LatentDataset`; records the data's shape and fingerprint in
+    `config["data"]` and a latent run's `latent` section in `config` (what `sde.train` stores)."""
+    from sde.data import Dataset
+
+    data = Dataset(**config["data"])
+    autoencoder = config.get("autoencoder")
+    if autoencoder == "???":
+        raise ValueError(f"experiment={config.get('experiment')} trains on an autoencoder's "
+                         "latents: pass autoencoder=RUN, an ae_* run directory (python -m "
+                         "sde.train experiment=ae_digits) or a diffusers VAE folder")
+    if autoencoder:
+        data = latent_dataset(data, autoencoder, cache=bool(config.get("cache_latents")),
+                              run_dir=run_dir, seed=config["seed"],
+                              batch_size=config["trainer"]["batch_size"], device=device)
+        config["latent"] = data.latent_config()
+    config["data"].update(shape=list(data.shape), fingerprint=getattr(data, "fingerprint", None))
+    return data

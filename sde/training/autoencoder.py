@@ -142,6 +142,7 @@ def fit_autoencoder(*, autoencoder: nn.Module, loss_fn: nn.Module, data, run_dir
     s, dev, run_dir = settings, info.device, Path(run_dir)
     logger = logger or NullLogger()
     bs = per_rank_batch(s.batch_size, info.world)
+    autoencoder.latent_shape((1, *data.shape))  # channels / size vs the network: one clear error
     trainer = _Trainer(autoencoder, loss_fn, s, info)
     start = _resume(trainer, run_dir, config)
     if info.is_main:
