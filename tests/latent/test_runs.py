@@ -171,6 +171,7 @@ def test_ldm_resume_reuses_the_stored_scale_factor(tmp_path, ae_digits_run, monk
     assert resumed["scale_factor"] == stored["scale_factor"]
 
 
+@pytest.mark.slow  # encodes all 1500 digits and trains twice: ~5-20 s on a busy CPU
 def test_cached_latents_are_written_and_read(tmp_path, ae_digits_run):
     from safetensors.torch import load_file
 
