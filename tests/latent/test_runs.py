@@ -268,3 +268,21 @@ def test_ae_ddp_two_cpu_processes_stay_in_sync(tmp_path):
             assert torch.equal(value, r1[part][name]), (part, name)
     assert r0["last"]["step"] == 3 and r0["last"]["loss"] == r1["last"]["loss"]
     assert "d_loss" in r0["last"]
+
+
+def test_latent_batch_is_the_encoded_image_batch_of_its_step(ae_digits_run, tmp_path):
+    """batch(k) = s (mean + std * noise) of the image batch of step k, noise from (seed, rank, k):
+    a pure function of the step, hence exactly resumable."""
+    from sde.data import Dataset, step_generator
+    from sde.latent.data import LATENT_STREAM, latent_dataset
+
+    s, ae = _first_batch_scale(ae_digits_run)
+    images = Dataset(name="digits", levels=17, centered=True)
+    data = latent_dataset(images, ae_digits_run, cache=False, run_dir=tmp_path, seed=0,
+                          batch_size=4, device="cpu")
+    z = data.batch(3, 5, seed=0, rank=1, world=2)
+    with torch.no_grad():
+        mean, logvar = ae.quant_conv(ae.encoder(images.batch(3, 5, seed=0, rank=1, world=2))).chunk(2, 1)
+    noise = torch.randn(mean.shape, generator=step_generator(0, 1, 3, LATENT_STREAM))
+    torch.testing.assert_close(z, s * (mean + torch.exp(0.5 * logvar) * noise), rtol=1e-5, atol=1e-6)
+    assert torch.equal(z, data.batch(3, 5, seed=0, rank=1, world=2))
