@@ -12,6 +12,14 @@
 2. Training seconds per step (forward, backward, Adam) of the same DDPM score network on
    32x32x3 images in pixel space and on their (4, 8, 8) latents: with cached latents, and with
    the frozen encoder run on every batch (on the fly).
+3. Trained runs (optional, `--ae-run`, `--ldm-run`, `--pixel-run`): the held-out PSNR of an
+   `experiment=ae_digits` run, and for `n` samples of an `ldm_digits` run (decoded) and of the
+   pixel-space `vp_digits` run (same sampler, seeds): the median training throughput logged in
+   their metrics.json and, when `sde.metrics.digits` is installed, the digits classifier's mean
+   confidence (max softmax) on the samples.
+
+    python benchmarks/bench_latent.py --ae-run runs/ae_digits/T --ldm-run runs/ldm_digits/T \
+        --pixel-run runs/vp_digits/T --n 256
 """
 
 from __future__ import annotations
@@ -129,6 +137,46 @@ def step_rows(batch_size, repeats):
                  speedup=pixel / on_the_fly)]
 
 
+@torch.no_grad()
+def ae_run_row(ae_run) -> dict:
+    """Held-out PSNR of a trained autoencoder run on the 297 test digits (posterior mean)."""
+    from sde.runs.load import load_autoencoder
+
+    ae, path = load_autoencoder(ae_run, device="cpu")
+    test = digits(train=False).float() / 16 * 2 - 1
+    rec = torch.cat([ae.decode(ae.encode(x).mode()) for x in test.split(128)]).clamp(-1, 1)
+    return dict(run=str(path), test_images=len(test), psnr_heldout=psnr(test, rec).mean().item())
+
+
+def _confidence(images: torch.Tensor) -> float | None:
+    """The digits classifier's mean max-softmax on images in [0, 1]; None without it."""
+    try:
+        from sde.metrics import digits as digits_metrics
+    except ImportError:
+        return None
+    logits = digits_metrics.logits(images, centered=False)
+    return logits.softmax(-1).max(-1).values.mean().item()
+
+
+def sample_run_row(run_dir, *, n: int, steps: int) -> dict:
+    """`n` PC samples of a run (decoded for a latent run), their classifier confidence, and the
+    training throughput of the run's metrics.json."""
+    from sde.runs import load_run
+    from sde.runs.sampling import draw_samples
+
+    loaded = load_run(run_dir, device="cpu")
+    start = time.perf_counter()
+    images, *_ = draw_samples(loaded, sampler="pc", sampler_options={"steps": steps}, n=n,
+                              seed=0, batch_size=n, device="cpu", progress=False)
+    seconds = time.perf_counter() - start
+    logged = json.loads((Path(run_dir) / "metrics.json").read_text())["history"]
+    throughput = [r["img_per_s"] for r in logged if "img_per_s" in r]
+    return dict(run=loaded.config["experiment"], space=str(list(loaded.shape)),
+                train_img_per_s=statistics.median(throughput) if throughput else None,
+                sample_seconds=round(seconds, 1),
+                classifier_confidence=_confidence(images))
+
+
 def _table(rows) -> str:
     keys = list(rows[0])
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -151,13 +199,27 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed score steps per space")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--ae-run", default=None, help="an ae_digits run: held-out PSNR")
+    parser.add_argument("--ldm-run", default=None, help="an ldm_digits run: decoded samples")
+    parser.add_argument("--pixel-run", default=None, help="a vp_digits run, for comparison")
+    parser.add_argument("--n", type=int, default=256, help="samples per trained run")
+    parser.add_argument("--sample-steps", type=int, default=250)
+    parser.add_argument("--runs-only", action="store_true", help="skip sections 1 and 2")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"config": vars(args) | {"json": str(args.json), "torch": torch.__version__},
-              "reconstruction": reconstruction_rows(args.ae_steps, args.batch_size),
-              "score_step": step_rows(args.batch_size, args.repeats)}
-    print(_table(result["reconstruction"]), "\n")
-    print(_table(result["score_step"]))
+    result = {"config": vars(args) | {"json": str(args.json), "torch": torch.__version__}}
+    if not args.runs_only:
+        result["reconstruction"] = reconstruction_rows(args.ae_steps, args.batch_size)
+        result["score_step"] = step_rows(args.batch_size, args.repeats)
+    if args.ae_run:
+        result["ae_run"] = [ae_run_row(args.ae_run)]
+    samples = [sample_run_row(r, n=args.n, steps=args.sample_steps)
+               for r in (args.ldm_run, args.pixel_run) if r]
+    if samples:
+        result["trained_runs"] = samples
+    for key, rows in result.items():
+        if key != "config":
+            print(_table(rows), "\n")
     if args.json is not None:
         _write_json(args.json, result)
     return result

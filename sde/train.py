@@ -20,10 +20,12 @@ from sde.runs.sweep import report_failures, run_name, sweep_point
 
 
 def run(cfg: DictConfig, run_dir) -> dict:
-    """Train the experiment `cfg` into `run_dir` (resuming from its checkpoints if any)."""
+    """Train the experiment `cfg` into `run_dir` (resuming from its checkpoints if any): a score
+    model on images or on an autoencoder's latents (`autoencoder=RUN`), or an autoencoder."""
     from hydra.utils import instantiate
 
-    from sde.data import Dataset, check_model_input
+    from sde.data import check_model_input
+    from sde.latent.data import training_data
     from sde.training.distributed import init_distributed
     from sde.training.loop import TrainSettings
     from sde.training.runner import claim_run_dir, train_run
@@ -33,13 +35,17 @@ def run(cfg: DictConfig, run_dir) -> dict:
     settings = TrainSettings.from_sections(trainer=plain(cfg.trainer), optim=plain(cfg.optim),
                                            seed=cfg.seed, sampler=plain(cfg.sampler))
     with claim_run_dir(run_dir, info):
-        data = Dataset(**plain(cfg.data))
         config = plain(cfg)
-        config["data"].update(shape=list(data.shape), fingerprint=getattr(data, "fingerprint", None))
+        data = training_data(config, run_dir=run_dir, device=info.device)  # + data.shape, latent
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        logger = {**plain(cfg.logger), **run_name(cfg, Path(run_dir))}
+        if cfg.get("task", "score") == "autoencoder":  # experiment=ae_*: LDM's first stage
+            from sde.training.autoencoder import train_autoencoder_run as train_ae
+            return train_ae(autoencoder=instantiate(cfg.model), loss_fn=instantiate(cfg.loss),
+                            data=data, info=info, settings=settings, run_dir=run_dir,
+                            config=config, logger_options=logger)
         sde, model, loss_fn = instantiate(cfg.sde), instantiate(cfg.model), instantiate(cfg.loss)
         check_model_input(model, data.shape)  # channels/size vs the network: one clear error
-        logger = {**plain(cfg.logger), **run_name(cfg, Path(run_dir))}
         return train_run(sde=sde, model=model, loss_fn=loss_fn, data=data, info=info,
                          score_options=plain(cfg.score), settings=settings, run_dir=run_dir,
                          config=config, logger_options=logger)

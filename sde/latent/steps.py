@@ -10,12 +10,15 @@ import torch
 
 
 def autoencoder_step(autoencoder, loss_fn, x: torch.Tensor, step: int, *, opt_ae, opt_disc=None,
-                     generator=None) -> dict:
+                     generator=None, last_layer=None) -> dict:
     """Update the autoencoder (and `loss_fn.logvar`) on `loss_fn.generator_loss`, then, from
-    `loss_fn.disc_start` on, the discriminator on its hinge loss; returns the logs."""
+    `loss_fn.disc_start` on, the discriminator on its hinge loss; returns the logs.
+
+    `last_layer` (default `autoencoder.last_layer`) is the weight of LDM's adaptive weight; pass
+    it when `autoencoder` is wrapped (DDP), which hides the attribute."""
     x_rec, posterior = autoencoder(x, sample_posterior=True, generator=generator)
-    loss, logs = loss_fn.generator_loss(x, x_rec, posterior, step,
-                                        last_layer=autoencoder.last_layer)
+    last_layer = autoencoder.last_layer if last_layer is None else last_layer
+    loss, logs = loss_fn.generator_loss(x, x_rec, posterior, step, last_layer=last_layer)
     opt_ae.zero_grad(set_to_none=True)
     loss.backward()
     opt_ae.step()

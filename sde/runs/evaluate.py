@@ -13,6 +13,12 @@ continuous data):
 - `fid`, `kid`, `is`: `n` samples (per-sample seeds, as `sde.sample`; sharded over torchrun
   ranks) against the training split, Inception of `inception_weights` (see `sde.metrics.fid`);
   reference statistics cached next to the data. Full protocol: n=50000 seed=0.
+- `latent_nll` (latent runs, `experiment=ldm_*`; their default): the likelihood of the scaled
+  latents, not of the images. `latent_nll` is -log p(z) in nats per example, z = s (mean of
+  q(z | x) - shift) for the held-out images x, through the probability-flow ODE in latent space;
+  `latent_bpd` = latent_nll / (latent dims x ln 2), bits per latent dimension. Neither is a bound
+  on the images' likelihood (the decoder's p(x | z) is not counted): never compare them with a
+  pixel-space `bpd`, which latent runs refuse. `fid`/`kid`/`is` score the decoded images.
 - `toy`: energy distance and RBF-MMD^2 of `n` samples to held-out data, and figures in
   <run>/eval/: scatter plot, density heatmap from the likelihood, sampler trajectories.
 """
@@ -35,7 +41,7 @@ from sde.runs.files import check_writable
 from sde.runs.paths import RUNS_ROOT, resolve_run, run_dir_of
 from sde.runs.sampling import draw_samples
 
-METRICS = ("bpd", "nll", "fid", "kid", "is", "toy")
+METRICS = ("bpd", "nll", "fid", "kid", "is", "toy", "latent_nll")
 IMAGE_METRICS = ("fid", "kid", "is")
 HUTCHINSON = ("auto", "exact", "rademacher", "gaussian")
 
@@ -95,21 +101,31 @@ def is_image_data(data_cfg: Mapping) -> bool:
     return data_cfg.get("levels") is not None
 
 
-def default_metrics(data_cfg: Mapping) -> list[str]:
-    """bpd for images; nll and toy (two-sample distances, figures) for 2-D data; else nll."""
+def default_metrics(data_cfg: Mapping, *, latent: bool = False) -> list[str]:
+    """bpd for images; nll and toy (two-sample distances, figures) for 2-D data; else nll;
+    latent_nll for latent runs."""
+    if latent:
+        return ["latent_nll"]
     if is_image_data(data_cfg):
         return ["bpd"]
     return ["nll", "toy"] if list(data_cfg.get("shape") or []) == [2] else ["nll"]
 
 
-def check_metrics(metrics, data_cfg: Mapping) -> list[str]:
-    """The requested metrics, checked against what the data supports."""
+def check_metrics(metrics, data_cfg: Mapping, *, latent: bool = False) -> list[str]:
+    """The requested metrics, checked against what the data (and a latent run) supports."""
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.strip("[]").split(",") if m.strip()]
-    metrics = list(metrics) if metrics else default_metrics(data_cfg)
+    metrics = list(metrics) if metrics else default_metrics(data_cfg, latent=latent)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    if latent and ("bpd" in metrics or "nll" in metrics):
+        raise ValueError("this is a latent run: its likelihood is of the latents, not of the "
+                         "images; use metrics=[latent_nll] (latent_nll, latent_bpd) and fid")
+    if "latent_nll" in metrics and not latent:
+        raise ValueError("latent_nll applies to latent runs (experiment=ldm_*); use bpd or nll")
+    if latent:
+        return metrics
     images = is_image_data(data_cfg)
     if "bpd" in metrics and not images:
         raise ValueError(f"bpd needs quantized image data; data={data_cfg['name']} is "
@@ -189,6 +205,34 @@ def likelihood_metric(loaded, raw: torch.Tensor, data_cfg: Mapping, *, batch_siz
     return {key: float(v.mean()), f"{key}_sem": float(v.std() / math.sqrt(len(v))),
             f"{key}_n": int(len(raw)), f"{key}_repeats": repeats,
             f"{key}_nfe": float(np.mean(nfes))}
+
+
+def latent_likelihood(loaded, raw: torch.Tensor, data_cfg: Mapping, *, batch_size: int,
+                      hutchinson: str, rtol: float, atol: float, eps: float, seed: int,
+                      device, progress: bool = True) -> dict:
+    """`latent_nll` (nats per example) and `latent_bpd` (bits per latent dim) of the scaled
+    posterior-mean latents of the images `raw`, with standard errors and the mean NFE."""
+    from tqdm import tqdm
+
+    from sde.likelihood import log_likelihood
+
+    dim = int(np.prod(loaded.shape))
+    if hutchinson == "auto":
+        hutchinson = "exact" if dim <= 16 else "rademacher"
+    values, nfes = [], []
+    for b, batch in enumerate(tqdm(raw.split(batch_size), desc="latent_nll", disable=not progress)):
+        g = stream_generator(seed, 0, b, LIKELIHOOD_STREAM)
+        z = loaded.scaler(batch.float() / (data_cfg["levels"] - 1)).to(device)  # (B, *latent)
+        logp, _, nfe = log_likelihood(loaded.sde, loaded.score_fn, z, hutchinson=hutchinson,
+                                      rtol=rtol, atol=atol, eps=eps, generator=g)
+        values.append(-logp.double().cpu())
+        nfes.append(nfe)
+    v = torch.cat(values)
+    sem = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    per_dim = dim * math.log(2.0)
+    return {"latent_nll": float(v.mean()), "latent_nll_sem": sem,
+            "latent_bpd": float(v.mean()) / per_dim, "latent_bpd_sem": sem / per_dim,
+            "latent_dims": dim, "latent_n": int(len(raw)), "latent_nfe": float(np.mean(nfes))}
 
 
 # --- samples -----------------------------------------------------------------------------------
@@ -309,7 +353,7 @@ def evaluate_run(run=None, *, metrics=None, sampler: str = "pc",
     device = resolve_device(device, local_rank=info.local_rank)
     loaded = load_run(path, ema=opts.ema, device=device)
     data_cfg = {**loaded.config["data"], **{k: v for k, v in (data or {}).items() if v is not None}}
-    metrics = check_metrics(metrics, data_cfg)
+    metrics = check_metrics(metrics, data_cfg, latent=loaded.latent is not None)
     net = None
     if any(m in IMAGE_METRICS for m in metrics):  # fail on missing weights before any work
         from sde.metrics.inception import load_inception
@@ -322,6 +366,12 @@ def evaluate_run(run=None, *, metrics=None, sampler: str = "pc",
             loaded, raw, data_cfg, batch_size=opts.batch_size, repeats=opts.repeats,
             hutchinson=opts.hutchinson, rtol=opts.rtol, atol=opts.atol, eps=opts.likelihood_eps,
             seed=seed, device=device, progress=progress))
+    if info.is_main and "latent_nll" in metrics:
+        raw = load_split(data_cfg, train=False, n=opts.likelihood_n)
+        values.update(latent_likelihood(
+            loaded, raw, data_cfg, batch_size=opts.batch_size, hutchinson=opts.hutchinson,
+            rtol=opts.rtol, atol=opts.atol, eps=opts.likelihood_eps, seed=seed, device=device,
+            progress=progress))
     if any(m in IMAGE_METRICS or m == "toy" for m in metrics):
         values.update(sample_metrics(loaded, metrics, data_cfg, opts=opts, sampler=sampler,
                                      sampler_options=sampler_options, seed=seed, net=net,

@@ -34,6 +34,8 @@ class Run:
     step: int
     path: Path
     ema: bool
+    latent: object = None        # a latent run's frozen sde.latent.LatentSpace, else None
+    image_shape: tuple | None = None  # a latent run: the shape of one decoded image
 
     @property
     def device(self) -> torch.device:
@@ -61,6 +63,7 @@ def load_run(path, *, ema: bool = True, device=None) -> Run:
                               "ckpt_<step>.pt or a checkpoint file")
     ckpt = load_checkpoint(file)
     config = ckpt["config"]
+    _check_score_run(config, file)
     device = resolve_device(device)
     weights = ckpt["ema"] if ema else ckpt["model"]
     check_finite_weights(weights, file, which="EMA" if ema else "raw")
@@ -74,7 +77,72 @@ def load_run(path, *, ema: bool = True, device=None) -> Run:
     model = model.to(device).eval().requires_grad_(False)
     data = config["data"]
     scaler, inverse_scaler = data_scalers(levels=data.get("levels"), centered=data["centered"])
+    space, image_shape = None, None
+    if config.get("latent"):  # model space = the scaled latents; inverse_scaler decodes
+        from sde.latent.data import latent_scalers
+
+        space = latent_space_of(config["latent"], file, device=device)
+        scaler, inverse_scaler = latent_scalers(space, scaler, inverse_scaler)
+        image_shape = tuple(config["latent"]["image_shape"])
     score_fn = get_score_fn(sde, model, **config.get("score", {}))
     return Run(sde=sde, model=model, score_fn=score_fn, config=config, scaler=scaler,
                inverse_scaler=inverse_scaler, shape=tuple(data["shape"]), data=data,
-               step=int(ckpt["step"]), path=file, ema=ema)
+               step=int(ckpt["step"]), path=file, ema=ema, latent=space, image_shape=image_shape)
+
+
+def _check_score_run(config: dict, file) -> None:
+    if config.get("task") == "autoencoder":
+        raise CheckpointError(f"{file} is an autoencoder run (task: autoencoder), not a score "
+                              "model: train a latent score model on it with experiment=ldm_digits"
+                              f" autoencoder={file}, or load it with sde.runs.load_autoencoder")
+
+
+def load_autoencoder(path, *, ema: bool = True, device=None) -> tuple[nn.Module, Path]:
+    """(autoencoder in eval mode, its file): the EMA (or raw) weights of an autoencoder run
+    (`task: autoencoder`, its directory or checkpoint), or a diffusers VAE folder
+    (config.json + diffusion_pytorch_model.safetensors, `sde.models.sd_vae.load_sd_vae`)."""
+    path = Path(path).expanduser()
+    device = resolve_device(device)
+    if path.is_dir() and (path / "config.json").is_file():
+        from sde.models.sd_vae import load_sd_vae
+
+        return load_sd_vae(path, device=device), path.resolve()
+    file = latest_checkpoint(path) if path.exists() else None
+    if file is None:
+        raise CheckpointError(f"no autoencoder at {path}: pass an ae_* run directory (trained "
+                              "with experiment=ae_digits / ae_cifar), its checkpoint file, or a "
+                              "diffusers VAE folder")
+    ckpt = load_checkpoint(file)
+    if ckpt["config"].get("task") != "autoencoder":
+        raise CheckpointError(f"{file} is not an autoencoder run (its config has no "
+                              "`task: autoencoder`): pass an ae_* run")
+    weights = ckpt["ema"] if ema else ckpt["model"]
+    check_finite_weights(weights, file, which="EMA" if ema else "raw")
+    try:
+        model = _instantiate(ckpt["config"]["model"])
+        model.load_state_dict(weights)
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{file} does not match this codebase's autoencoder "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return model.to(device).eval().requires_grad_(False), file.resolve()
+
+
+def latent_space_of(latent: dict, file, *, device=None):
+    """The frozen `LatentSpace` a latent run (checkpoint `file`) was trained in, from its config's
+    `latent` section: the autoencoder it names and the stored scale and shift factors."""
+    from sde.latent.data import weights_fingerprint
+    from sde.latent.space import LatentSpace
+
+    try:
+        autoencoder, _ = load_autoencoder(latent["autoencoder"], device=device)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise CheckpointError(f"{file} is a latent run whose autoencoder is unavailable ({e}); "
+                              "put the autoencoder run back at that path") from None
+    stored = latent.get("autoencoder_weights")
+    if stored is not None and weights_fingerprint(autoencoder) != stored:
+        raise CheckpointError(f"{file} was trained on other autoencoder weights than those now at "
+                              f"{latent['autoencoder']}: restore that checkpoint")
+    space = LatentSpace(autoencoder, scale_factor=latent["scale_factor"],
+                        shift_factor=latent.get("shift_factor", 0.0),
+                        sample_posterior=latent.get("sample_posterior", True))
+    return space.to(resolve_device(device))
