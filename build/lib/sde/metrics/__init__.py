@@ -1,1 +1,0 @@
-"""Sample-quality metrics: two-sample distances (toy data); FID / KID / IS (images)."""
