@@ -38,6 +38,7 @@ from sde.training.loop import (
     _progress,
     _stop_requested,
     _StopFlag,
+    due_events,
     lr_at,
     make_optimizer,
 )
@@ -188,9 +189,7 @@ def fit_autoencoder(*, autoencoder: nn.Module, loss_fn: nn.Module, data, run_dir
             bar.update(1)
 
             stopping = _stop_requested(stop, info)
-            due = {name: every > 0 and step % every == 0 for name, every in (
-                ("log", s.log_every), ("eval", s.eval_every), ("sample", s.sample_every),
-                ("ckpt", s.checkpoint_every))}
+            due = due_events(step, s)
             final = step == s.steps or stopping
             if due["log"] or due["ckpt"] or final:
                 row = _summarise(recent, interval_start, bs, batch_of, info)

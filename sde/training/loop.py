@@ -163,6 +163,13 @@ def make_optimizer(params, s: TrainSettings, device: torch.device) -> torch.opti
                               weight_decay=s.weight_decay, fused=device.type == "cuda" or None)
 
 
+def due_events(step: int, s: TrainSettings) -> dict:
+    """Which of log / eval / sample / ckpt fall on `step` (an interval of 0 turns one off)."""
+    return {name: every > 0 and step % every == 0 for name, every in (
+        ("log", s.log_every), ("eval", s.eval_every), ("sample", s.sample_every),
+        ("ckpt", s.checkpoint_every))}
+
+
 def lr_at(step: int, s: TrainSettings) -> float:
     """Linear warmup to `lr` over `warmup` steps (score_sde's schedule), then constant."""
     return s.lr * min(1.0, step / s.warmup) if s.warmup > 0 else s.lr
@@ -403,9 +410,7 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
             bar.update(1)
 
             stopping = _stop_requested(stop, info)
-            due = {name: every > 0 and step % every == 0 for name, every in (
-                ("log", s.log_every), ("eval", s.eval_every), ("sample", s.sample_every),
-                ("ckpt", s.checkpoint_every))}
+            due = due_events(step, s)
             final = step == s.steps or stopping
             if due["log"] or due["ckpt"] or final:
                 _check_finite(recent, interval_start + 1, batch_size=bs, batch_of=lambda k: data.batch(
