@@ -267,14 +267,14 @@ def test_ode_denoise_is_one_explicit_reverse_diffusion_mean_step(sde_name, mixtu
     torch.testing.assert_close(x_denoised, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG of the shipped default: a per-example SNR step "
-                   "h = 2 a (snr |z_b| / |score_b|)^2 depends on the state x (|score| -> 0 at a "
+@pytest.mark.xfail(strict=True, reason="KNOWN BIAS (hence not the pc default): a per-example "
+                   "SNR step h = 2 a (snr |z_b| / |score_b|)^2 depends on the state x (|score| -> 0 at a "
                    "mode's centre, so h explodes there); unadjusted Langevin with a state-dependent "
                    "step is biased. Measured at 4000 samples: spreads x1.9-x9 and weights off by "
                    "0.13 (VP and VE, N = 200 and 1000). The batch mean (per_example=False) passes.")
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_per_example_langevin_reproduces_mixture(sde_name, mixture, reference, check):
-    """`corrector_options={"per_example": True}`, the shipped default of conf/sampler/pc.yaml:
+    """`corrector_options={"per_example": True}` (the pc default until it was found biased here):
     the same budget and allowances as test_pc_reproduces_mixture."""
     sde = SDES[sde_name](N=200)
     x, nfe = sampling.pc_sample(sde, mixture.score_fn(sde), (N_SAMPLES, 2),
