@@ -130,6 +130,42 @@ def class_score_fn(run, labels: torch.Tensor, guidance: float = 0.0, *, classifi
     return make
 
 
+GRID_EXAMPLES = 256  # training examples the optimised grid is fitted to
+
+
+def with_stored_grid(run, sampler_options: Mapping | None) -> dict:
+    """`sampler_options` with `times` filled in for `grid=optimized`: the run's own Align Your
+    Steps grid for (steps, eps), computed once by `optimize_grid` on GRID_EXAMPLES training
+    examples and kept in `<run>/grids/` (one file per steps, eps, checkpoint step, EMA or not)."""
+    options = dict(sampler_options or {})
+    if options.get("grid") != "optimized" or options.get("times") is not None:
+        return options
+    steps, eps = options.get("steps"), float(options.get("eps", 1e-3))
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"grid=optimized needs sampler.steps (an integer >= 1), got {steps!r}")
+    if getattr(run, "latent", None) is not None:
+        raise ValueError("grid=optimized is not stored for latent runs yet: compute the times "
+                         "with sde.sampling.optimize_grid and pass sampler.times=[...]")
+    name = f"optimized_steps{steps}_eps{eps:g}_step{run.step}{'' if run.ema else '_raw'}.json"
+    path = run_dir_of(run.path) / "grids" / name
+    if path.is_file():
+        options["times"] = json.loads(path.read_text())["times"]
+        return options
+    from sde.runs.evaluate import load_split
+    from sde.runs.files import write_json
+    from sde.sampling import optimize_grid
+
+    raw = load_split(run.data, train=True, n=GRID_EXAMPLES).float()
+    levels = run.data.get("levels")
+    x0 = run.scaler(raw / (levels - 1) if levels else raw).to(run.device)  # (n, ...) model space
+    times = optimize_grid(run.sde, run.score_fn, steps, x0, eps=eps,
+                          generator=torch.Generator(device=x0.device).manual_seed(0))
+    options["times"] = times.tolist()
+    write_json(path, {"steps": steps, "eps": eps, "checkpoint_step": run.step, "ema": run.ema,
+                      "examples": len(x0), "times": options["times"]})
+    return options
+
+
 def draw_samples(run, *, sampler: str = "pc", sampler_options: Mapping | None = None, n: int,
                  seed: int = 0, batch_size: int = 64, score_fn=None, device=None,
                  info: DistInfo | None = None, progress: bool = True, labels=None,
@@ -144,6 +180,7 @@ def draw_samples(run, *, sampler: str = "pc", sampler_options: Mapping | None = 
     idx = list(shard(n, info))
     mine = [seeds[i] for i in idx]
     per_batch = labels is not None
+    sampler_options = with_stored_grid(run, sampler_options)
     if per_batch:
         score_fn = class_score_fn(run, labels[idx], guidance, classifier=classifier)
     x, nfe, seconds = generate(sampler, run.sde, score_fn or run.score_fn, run.shape, seeds=mine,

@@ -35,6 +35,7 @@ class KLBound:
 
     def __init__(self, sde, score_fn, x0: torch.Tensor, *, nodes: int = 4, generator=None):
         self.sde, self.score_fn = sde, score_fn
+        self.dtype = x0.dtype  # the score function's dtype (a float32 network); the bound is float64
         self.x0 = x0.to(torch.float64)
         u, w = np.polynomial.legendre.leggauss(nodes)
         self.u = torch.tensor(0.5 * (u + 1.0), dtype=torch.float64)  # (K,) in [0, 1]
@@ -47,7 +48,8 @@ class KLBound:
         t = t_of_sigma(self.sde, sigma)  # (B,)
         alpha, std = (append_dims(c, y.ndim) for c in self.sde.marginal_coeffs(t))
         x = alpha * y
-        return y + std**2 / alpha * self.score_fn(x.to(self.x0.dtype), t.to(self.x0.dtype))
+        score = self.score_fn(x.to(self.dtype), t.to(self.dtype)).to(torch.float64)
+        return y + std**2 / alpha * score
 
     def term(self, s_lo: float, s_hi: float) -> float:
         """int_{s_lo}^{s_hi} E ||D(y_s, s) - D(y_hi, s_hi)||^2 / s^3 ds (per example, summed over
