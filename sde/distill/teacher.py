@@ -122,7 +122,8 @@ def run_teacher(path, *, data=None, device=None) -> Teacher:
     if data is None:
         from sde.data import Dataset
 
-        data = Dataset(**run.config["data"])
+        recorded = ("fingerprint",)  # written by sde.train for resume checks, not an option
+        data = Dataset(**{k: v for k, v in run.config["data"].items() if k not in recorded})
     return Teacher(sde=run.sde, denoiser=get_denoiser_fn(run.sde, run.score_fn), data=data,
                    net=run.model, config=run.config, spec=str(path))
 

@@ -246,7 +246,7 @@ def toy_run(tmp_path):
               "model": {**TINY, "hidden": 8},
               "score": {"prediction": "eps", "time_input": "t", "time_scale": 999.0},
               "data": {"name": "two_moons", "n": 256, "seed": 0, "shape": [2], "levels": None,
-                       "centered": False}}
+                       "centered": False, "fingerprint": "recorded-by-sde.train"}}
     net = MLP(dim=2, hidden=8, num_layers=1)
     ckpt_lib.save_checkpoint({"model": net.state_dict(), "ema": net.state_dict(),
                               "optimizer": {}, "rng": ckpt_lib.rng_state(), "config": config},
