@@ -38,7 +38,7 @@ import torch
 from sde.runs.distributed import DistInfo, gather_to_main
 from sde.runs.env import check_int, resolve_device, stream_generator
 from sde.runs.files import check_writable
-from sde.runs.paths import RUNS_ROOT, resolve_run, run_dir_of
+from sde.runs.paths import RUNS_ROOT, config_defaults, resolve_run, run_dir_of
 from sde.runs.sampling import draw_samples
 
 METRICS = ("bpd", "nll", "fid", "kid", "is", "toy", "latent_nll")
@@ -46,26 +46,30 @@ IMAGE_METRICS = ("fid", "kid", "is")
 HUTCHINSON = ("auto", "exact", "rademacher", "gaussian")
 
 
+_EVAL = config_defaults("evaluate.yaml", "eval")  # the defaults, written once: in the config
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-    """The `eval` section of conf/evaluate.yaml, checked (a ValueError names the bad key)."""
+    """The `eval` section of conf/evaluate.yaml, checked (a ValueError names the bad key); its
+    defaults are that file's (inception_weights: $SDE_INCEPTION_WEIGHTS at import, else None)."""
 
-    ema: bool = True
-    batch_size: int = 256
-    likelihood_n: int | None = 128   # None: the whole split
-    repeats: int = 1
-    hutchinson: str = "auto"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    likelihood_eps: float = 1e-5
-    n: int = 1000
-    inception_weights: str | None = None
-    reference_stats: str | None = None
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    is_splits: int = 10
-    resolution: int = 64
-    trajectories: int = 16
+    ema: bool = _EVAL["ema"]
+    batch_size: int = _EVAL["batch_size"]
+    likelihood_n: int | None = _EVAL["likelihood_n"]  # None: the whole split
+    repeats: int = _EVAL["repeats"]
+    hutchinson: str = _EVAL["hutchinson"]
+    rtol: float = _EVAL["rtol"]
+    atol: float = _EVAL["atol"]
+    likelihood_eps: float = _EVAL["likelihood_eps"]
+    n: int = _EVAL["n"]
+    inception_weights: str | None = _EVAL["inception_weights"]
+    reference_stats: str | None = _EVAL["reference_stats"]
+    kid_subsets: int = _EVAL["kid_subsets"]
+    kid_subset_size: int = _EVAL["kid_subset_size"]
+    is_splits: int = _EVAL["is_splits"]
+    resolution: int = _EVAL["resolution"]
+    trajectories: int = _EVAL["trajectories"]
 
     def __post_init__(self):
         positive = ("batch_size", "repeats", "n", "kid_subsets", "kid_subset_size", "is_splits",
