@@ -83,3 +83,16 @@ def test_one_seed_scheme_for_keyed_streams():
     for parts in [(0,), (1, 2, 3), (7, 0, 41, 5)]:
         assert mix_seed(*parts) == _seed(*parts)
     assert sample_seeds(2, 3) == [2_000_000, 2_000_001, 2_000_002]
+
+
+# every `_target_` of the configs of the first release (stored in its runs' checkpoints)
+STORED_TARGETS = ["sde.losses.ddpm_loss", "sde.losses.dsm_loss", "sde.losses.smld_loss",
+                  "sde.models.ddpm.DDPM", "sde.models.mlp.MLP", "sde.models.ncsnpp.NCSNpp",
+                  "sde.sdes.SubVPSDE", "sde.sdes.VESDE", "sde.sdes.VPSDE"]
+
+
+def test_targets_stored_in_existing_checkpoints_still_resolve():
+    from hydra.utils import get_object
+
+    for target in STORED_TARGETS:
+        assert callable(get_object(target)), target
