@@ -243,7 +243,19 @@ def latent_likelihood(loaded, raw: torch.Tensor, data_cfg: Mapping, *, batch_siz
 def image_quality(samples: torch.Tensor, net, data_cfg: Mapping, *, metrics, opts: EvalOptions,
                   device, progress: bool = True) -> dict:
     """FID / KID / IS of samples (N, C, H, W) in [0, 1] against the training split."""
-    from sde.metrics.fid import batched, extract_features, image_metrics, reference_statistics
+    from sde.metrics.fid import batched, extract_features
+
+    features = extract_features(net, batched(samples, opts.batch_size), device=device,
+                                progress=progress)
+    return feature_quality(*features, net, data_cfg, metrics=metrics, opts=opts, device=device,
+                           progress=progress)
+
+
+def feature_quality(features: torch.Tensor, logits: torch.Tensor, net, data_cfg: Mapping, *,
+                    metrics, opts: EvalOptions, device, progress: bool = True) -> dict:
+    """FID / KID / IS from the samples' Inception pool features (N, 2048) and logits (N, 1008)
+    against the training split's statistics (cached next to the data)."""
+    from sde.metrics.fid import batched, image_metrics, reference_statistics
 
     reference = load_split(data_cfg, train=True).float() / (data_cfg["levels"] - 1)
     h, w = reference.shape[-2:]
@@ -253,9 +265,7 @@ def image_quality(samples: torch.Tensor, net, data_cfg: Mapping, *, metrics, opt
     key = f"{weights.name}:{weights.stat().st_size}"
     stats = reference_statistics(lambda: batched(reference, opts.batch_size), cache, net=net,
                                  key=key, device=device, progress=progress)
-    feats, logits = extract_features(net, batched(samples, opts.batch_size), device=device,
-                                     progress=progress)
-    out = image_metrics(feats, logits, stats, metrics=metrics, kid_subsets=opts.kid_subsets,
+    out = image_metrics(features, logits, stats, metrics=metrics, kid_subsets=opts.kid_subsets,
                         kid_subset_size=opts.kid_subset_size, is_splits=opts.is_splits)
     return {**out, "reference_stats": str(cache)}
 
@@ -296,21 +306,30 @@ def toy_figures(loaded, held_out: torch.Tensor, samples: torch.Tensor, out_dir: 
 def sample_metrics(loaded, metrics, data_cfg: Mapping, *, opts: EvalOptions, sampler: str,
                    sampler_options: Mapping | None, seed: int, net, run_dir: Path, device,
                    info: DistInfo, progress: bool) -> dict:
-    """fid/kid/is and toy metrics from `opts.n` samples (sharded over ranks; rank 0 scores)."""
+    """fid/kid/is and toy metrics from `opts.n` samples, sharded over ranks: each rank draws its
+    samples (and their Inception features); rank 0 gathers them and scores."""
     from sde.metrics.toy import sample_distances
 
     samples, _, nfe, _ = draw_samples(loaded, sampler=sampler, sampler_options=sampler_options,
                                       n=opts.n, seed=seed, batch_size=opts.batch_size,
                                       device=device, info=info, progress=progress)
-    parts = gather_to_main(samples, info)
+    image = any(m in IMAGE_METRICS for m in metrics)
+    mine = {"samples": samples if "toy" in metrics else None, "features": None}
+    if image:  # each rank scores its own samples: 24 kB of features a sample travel, any size
+        from sde.metrics.fid import batched, extract_features
+
+        mine["features"] = extract_features(net, batched(samples, opts.batch_size), device=device,
+                                            progress=progress and info.is_main)
+    parts = gather_to_main(mine, info)
     if not info.is_main:
         return {}
-    samples = torch.cat(parts)
     values: dict = {"sampler": sampler, "sample_n": opts.n, "sample_nfe": nfe}
-    if any(m in IMAGE_METRICS for m in metrics):
-        values.update(image_quality(samples, net, data_cfg, metrics=metrics, opts=opts,
-                                    device=device, progress=progress))
+    if image:
+        features, logits = (torch.cat(x) for x in zip(*(p["features"] for p in parts)))
+        values.update(feature_quality(features, logits, net, data_cfg, metrics=metrics, opts=opts,
+                                      device=device, progress=progress))
     if "toy" in metrics:
+        samples = torch.cat([p["samples"] for p in parts])
         held_out = load_split(data_cfg, train=False, n=opts.n)
         values.update(sample_distances(samples, held_out))
         if tuple(samples.shape[1:]) == (2,):
