@@ -64,6 +64,7 @@ class EvalOptions:
     likelihood_eps: float = _EVAL["likelihood_eps"]
     n: int = _EVAL["n"]
     inception_weights: str | None = _EVAL["inception_weights"]
+    inception_preprocessing: str = _EVAL["inception_preprocessing"]
     reference_stats: str | None = _EVAL["reference_stats"]
     kid_subsets: int = _EVAL["kid_subsets"]
     kid_subset_size: int = _EVAL["kid_subset_size"]
@@ -89,6 +90,11 @@ class EvalOptions:
             raise ValueError(f"eval.ema must be true or false, got {self.ema!r}")
         if self.hutchinson not in HUTCHINSON:
             raise ValueError(f"eval.hutchinson={self.hutchinson!r}; choose from {list(HUTCHINSON)}")
+        from sde.metrics.inception import PREPROCESSING
+
+        if self.inception_preprocessing not in PREPROCESSING:
+            raise ValueError(f"eval.inception_preprocessing={self.inception_preprocessing!r}; "
+                             f"choose from {sorted(PREPROCESSING)} (docs/evaluation.md)")
 
     @classmethod
     def of(cls, options: Mapping) -> EvalOptions:
@@ -259,8 +265,9 @@ def feature_quality(features: torch.Tensor, logits: torch.Tensor, net, data_cfg:
 
     reference = load_split(data_cfg, train=True).float() / (data_cfg["levels"] - 1)
     h, w = reference.shape[-2:]
+    mode = "" if net.preprocessing == "pytorch_fid" else f"_{net.preprocessing}"  # tf1: its own
     cache = Path(opts.reference_stats) if opts.reference_stats else (
-        data_dir(data_cfg) / f"fid_stats_{data_cfg['name']}_{h}x{w}_train.npz")
+        data_dir(data_cfg) / f"fid_stats_{data_cfg['name']}_{h}x{w}_train{mode}.npz")
     weights = Path(opts.inception_weights)
     key = f"{weights.name}:{weights.stat().st_size}"
     stats = reference_statistics(lambda: batched(reference, opts.batch_size), cache, net=net,
@@ -381,7 +388,8 @@ def evaluate_run(run=None, *, metrics=None, sampler: str = "pc",
     if any(m in IMAGE_METRICS for m in metrics):  # fail on missing weights before any work
         from sde.metrics.inception import load_inception
 
-        net = load_inception(opts.inception_weights, device=device)
+        net = load_inception(opts.inception_weights, device=device,
+                             preprocessing=opts.inception_preprocessing)
     start, values = time.perf_counter(), {}
     if info.is_main and ("bpd" in metrics or "nll" in metrics):
         raw = load_split(data_cfg, train=False, n=opts.likelihood_n)
