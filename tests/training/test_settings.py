@@ -82,3 +82,18 @@ def test_command_line_bad_value_is_one_line(tmp_path):
     assert "sde.train: error: trainer.steps must be an integer >= 1, got 'abc'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "config.yaml").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("debug, where", [([], "vp_toy"), (["debug=fast"], "debug/vp_toy")])
+def test_paths_group_places_the_run_directories(debug, where):
+    """paths.runs moves every run (and debug=fast's into <runs>/debug/); sample/evaluate look
+    for runs there too."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=vp_toy", "paths.runs=/scratch/r", *debug],
+                      return_hydra_config=True)
+        assert cfg.hydra.run.dir.startswith(f"/scratch/r/{where}/")
+        assert cfg.hydra.sweep.dir.startswith("/scratch/r/multirun/vp_toy/")
+        for name in ("sample", "evaluate"):
+            assert compose(name, overrides=["paths.runs=/scratch/r"]).runs_root == "/scratch/r"
