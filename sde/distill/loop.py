@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from sde.data import _seed, step_generator
+from sde.runs.paths import config_defaults
 from sde.training import checkpoint as ckpt_lib
 from sde.training.distributed import DistInfo, all_mean, barrier, per_rank_batch
 from sde.training.logging import MetricsFile, NullLogger
@@ -28,15 +29,20 @@ log = logging.getLogger("sde.distill")
 DISTILL_STREAM, DROPOUT_STREAM = 7, 3
 
 
+_D = {**config_defaults("distill/distill.yaml", "trainer"),
+      "seed": config_defaults("distill/distill.yaml", "seed")}  # written once: in the config
+
+
 @dataclass
 class DistillSettings:
-    """The `trainer` section of conf/distill.yaml as the loop uses it."""
+    """The `trainer` section (and seed) of conf/distill/distill.yaml as the loop uses it; its
+    defaults are that file's."""
 
-    batch_size: int = 256
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    keep: int = 2
+    batch_size: int = _D["batch_size"]
+    seed: int = _D["seed"]
+    log_every: int = _D["log_every"]
+    checkpoint_every: int = _D["checkpoint_every"]
+    keep: int = _D["keep"]
 
 
 def _resume(method, run_dir: Path, config: dict) -> int:

@@ -210,10 +210,9 @@ def reference_statistics(batches_fn, cache: str | Path, *, net, key: str = "", d
     keep = np.linspace(0, len(features) - 1, min(len(features), KID_REFERENCE_FEATURES))
     stats = {"mu": mu, "sigma": sigma,
              "features": features[np.round(keep).astype(int)].float().numpy()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, hash=np.array(digest), **stats)
-    tmp.replace(cache)
+    from sde.runs.files import atomic_write
+
+    atomic_write(cache, lambda f: np.savez(f, hash=np.array(digest), **stats))
     return stats
 
 

@@ -38,7 +38,7 @@ import torch
 from sde.runs.distributed import DistInfo, gather_to_main
 from sde.runs.env import check_int, resolve_device, stream_generator
 from sde.runs.files import check_writable
-from sde.runs.paths import RUNS_ROOT, resolve_run, run_dir_of
+from sde.runs.paths import RUNS_ROOT, config_defaults, resolve_run, run_dir_of
 from sde.runs.sampling import draw_samples
 
 METRICS = ("bpd", "nll", "fid", "kid", "is", "toy", "latent_nll")
@@ -46,26 +46,31 @@ IMAGE_METRICS = ("fid", "kid", "is")
 HUTCHINSON = ("auto", "exact", "rademacher", "gaussian")
 
 
+_EVAL = config_defaults("evaluate.yaml", "eval")  # the defaults, written once: in the config
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-    """The `eval` section of conf/evaluate.yaml, checked (a ValueError names the bad key)."""
+    """The `eval` section of conf/evaluate.yaml, checked (a ValueError names the bad key); its
+    defaults are that file's (inception_weights: $SDE_INCEPTION_WEIGHTS at import, else None)."""
 
-    ema: bool = True
-    batch_size: int = 256
-    likelihood_n: int | None = 128   # None: the whole split
-    repeats: int = 1
-    hutchinson: str = "auto"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    likelihood_eps: float = 1e-5
-    n: int = 1000
-    inception_weights: str | None = None
-    reference_stats: str | None = None
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    is_splits: int = 10
-    resolution: int = 64
-    trajectories: int = 16
+    ema: bool = _EVAL["ema"]
+    batch_size: int = _EVAL["batch_size"]
+    likelihood_n: int | None = _EVAL["likelihood_n"]  # None: the whole split
+    repeats: int = _EVAL["repeats"]
+    hutchinson: str = _EVAL["hutchinson"]
+    rtol: float = _EVAL["rtol"]
+    atol: float = _EVAL["atol"]
+    likelihood_eps: float = _EVAL["likelihood_eps"]
+    n: int = _EVAL["n"]
+    inception_weights: str | None = _EVAL["inception_weights"]
+    inception_preprocessing: str = _EVAL["inception_preprocessing"]
+    reference_stats: str | None = _EVAL["reference_stats"]
+    kid_subsets: int = _EVAL["kid_subsets"]
+    kid_subset_size: int = _EVAL["kid_subset_size"]
+    is_splits: int = _EVAL["is_splits"]
+    resolution: int = _EVAL["resolution"]
+    trajectories: int = _EVAL["trajectories"]
 
     def __post_init__(self):
         positive = ("batch_size", "repeats", "n", "kid_subsets", "kid_subset_size", "is_splits",
@@ -85,6 +90,11 @@ class EvalOptions:
             raise ValueError(f"eval.ema must be true or false, got {self.ema!r}")
         if self.hutchinson not in HUTCHINSON:
             raise ValueError(f"eval.hutchinson={self.hutchinson!r}; choose from {list(HUTCHINSON)}")
+        from sde.metrics.inception import PREPROCESSING
+
+        if self.inception_preprocessing not in PREPROCESSING:
+            raise ValueError(f"eval.inception_preprocessing={self.inception_preprocessing!r}; "
+                             f"choose from {sorted(PREPROCESSING)} (docs/evaluation.md)")
 
     @classmethod
     def of(cls, options: Mapping) -> EvalOptions:
@@ -239,19 +249,30 @@ def latent_likelihood(loaded, raw: torch.Tensor, data_cfg: Mapping, *, batch_siz
 def image_quality(samples: torch.Tensor, net, data_cfg: Mapping, *, metrics, opts: EvalOptions,
                   device, progress: bool = True) -> dict:
     """FID / KID / IS of samples (N, C, H, W) in [0, 1] against the training split."""
-    from sde.metrics.fid import batched, extract_features, image_metrics, reference_statistics
+    from sde.metrics.fid import batched, extract_features
+
+    features = extract_features(net, batched(samples, opts.batch_size), device=device,
+                                progress=progress)
+    return feature_quality(*features, net, data_cfg, metrics=metrics, opts=opts, device=device,
+                           progress=progress)
+
+
+def feature_quality(features: torch.Tensor, logits: torch.Tensor, net, data_cfg: Mapping, *,
+                    metrics, opts: EvalOptions, device, progress: bool = True) -> dict:
+    """FID / KID / IS from the samples' Inception pool features (N, 2048) and logits (N, 1008)
+    against the training split's statistics (cached next to the data)."""
+    from sde.metrics.fid import batched, image_metrics, reference_statistics
 
     reference = load_split(data_cfg, train=True).float() / (data_cfg["levels"] - 1)
     h, w = reference.shape[-2:]
+    mode = "" if net.preprocessing == "pytorch_fid" else f"_{net.preprocessing}"  # tf1: its own
     cache = Path(opts.reference_stats) if opts.reference_stats else (
-        data_dir(data_cfg) / f"fid_stats_{data_cfg['name']}_{h}x{w}_train.npz")
+        data_dir(data_cfg) / f"fid_stats_{data_cfg['name']}_{h}x{w}_train{mode}.npz")
     weights = Path(opts.inception_weights)
     key = f"{weights.name}:{weights.stat().st_size}"
     stats = reference_statistics(lambda: batched(reference, opts.batch_size), cache, net=net,
                                  key=key, device=device, progress=progress)
-    feats, logits = extract_features(net, batched(samples, opts.batch_size), device=device,
-                                     progress=progress)
-    out = image_metrics(feats, logits, stats, metrics=metrics, kid_subsets=opts.kid_subsets,
+    out = image_metrics(features, logits, stats, metrics=metrics, kid_subsets=opts.kid_subsets,
                         kid_subset_size=opts.kid_subset_size, is_splits=opts.is_splits)
     return {**out, "reference_stats": str(cache)}
 
@@ -292,21 +313,30 @@ def toy_figures(loaded, held_out: torch.Tensor, samples: torch.Tensor, out_dir: 
 def sample_metrics(loaded, metrics, data_cfg: Mapping, *, opts: EvalOptions, sampler: str,
                    sampler_options: Mapping | None, seed: int, net, run_dir: Path, device,
                    info: DistInfo, progress: bool) -> dict:
-    """fid/kid/is and toy metrics from `opts.n` samples (sharded over ranks; rank 0 scores)."""
+    """fid/kid/is and toy metrics from `opts.n` samples, sharded over ranks: each rank draws its
+    samples (and their Inception features); rank 0 gathers them and scores."""
     from sde.metrics.toy import sample_distances
 
     samples, _, nfe, _ = draw_samples(loaded, sampler=sampler, sampler_options=sampler_options,
                                       n=opts.n, seed=seed, batch_size=opts.batch_size,
                                       device=device, info=info, progress=progress)
-    parts = gather_to_main(samples, info)
+    image = any(m in IMAGE_METRICS for m in metrics)
+    mine = {"samples": samples if "toy" in metrics else None, "features": None}
+    if image:  # each rank scores its own samples: 24 kB of features a sample travel, any size
+        from sde.metrics.fid import batched, extract_features
+
+        mine["features"] = extract_features(net, batched(samples, opts.batch_size), device=device,
+                                            progress=progress and info.is_main)
+    parts = gather_to_main(mine, info)
     if not info.is_main:
         return {}
-    samples = torch.cat(parts)
     values: dict = {"sampler": sampler, "sample_n": opts.n, "sample_nfe": nfe}
-    if any(m in IMAGE_METRICS for m in metrics):
-        values.update(image_quality(samples, net, data_cfg, metrics=metrics, opts=opts,
-                                    device=device, progress=progress))
+    if image:
+        features, logits = (torch.cat(x) for x in zip(*(p["features"] for p in parts)))
+        values.update(feature_quality(features, logits, net, data_cfg, metrics=metrics, opts=opts,
+                                      device=device, progress=progress))
     if "toy" in metrics:
+        samples = torch.cat([p["samples"] for p in parts])
         held_out = load_split(data_cfg, train=False, n=opts.n)
         values.update(sample_distances(samples, held_out))
         if tuple(samples.shape[1:]) == (2,):
@@ -358,7 +388,8 @@ def evaluate_run(run=None, *, metrics=None, sampler: str = "pc",
     if any(m in IMAGE_METRICS for m in metrics):  # fail on missing weights before any work
         from sde.metrics.inception import load_inception
 
-        net = load_inception(opts.inception_weights, device=device)
+        net = load_inception(opts.inception_weights, device=device,
+                             preprocessing=opts.inception_preprocessing)
     start, values = time.perf_counter(), {}
     if info.is_main and ("bpd" in metrics or "nll" in metrics):
         raw = load_split(data_cfg, train=False, n=opts.likelihood_n)

@@ -66,3 +66,13 @@ def group_config(group: str, name: str):
         defaults.append("_self_")
     parts = [own if d == "_self_" else group_config(group, d) for d in defaults]
     return OmegaConf.merge(*parts)
+
+
+def config_defaults(name: str, section: str | None = None):
+    """The plain, resolved values of config file `name` (e.g. "evaluate.yaml"), or of its key
+    `section`: where a library reads its defaults, so that each is written once, in the config."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONFIG_DIR / name)
+    node = node[section] if section else node
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -54,15 +54,12 @@ def _config_key(name: str) -> str:
 def _section_defaults() -> dict:
     """The defaults of conf/trainer/default.yaml, conf/optim/adam.yaml and train.yaml's seed,
     under TrainSettings' field names: the config files are the one place they are written."""
-    from omegaconf import OmegaConf
+    from sde.runs.paths import config_defaults
 
-    from sde.runs.paths import CONFIG_DIR
-
-    load = lambda name: OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / name))
-    trainer, optim = load("trainer/default.yaml"), load("optim/adam.yaml")
+    trainer, optim = config_defaults("trainer/default.yaml"), config_defaults("optim/adam.yaml")
     values = {field: optim[key] for field, key in OPTIM_KEYS.items()}
     values.update({k: v for k, v in trainer.items() if k != "device"})
-    values["seed"] = OmegaConf.load(CONFIG_DIR / "train.yaml")["seed"]
+    values["seed"] = config_defaults("train.yaml", "seed")
     values["betas"] = tuple(values["betas"])
     return values
 

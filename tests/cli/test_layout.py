@@ -11,8 +11,12 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 SDE = ROOT / "sde"
 ENTRY_POINTS = {"sde.train": SDE / "train.py", "sde.sample": SDE / "sample.py",
-                "sde.evaluate": SDE / "evaluate.py", "sde.convert.__main__": SDE / "convert" / "__main__.py"}
-INFERENCE = [SDE / "sample.py", SDE / "evaluate.py", *sorted((SDE / "runs").glob("*.py"))]
+                "sde.evaluate": SDE / "evaluate.py", "sde.convert.__main__": SDE / "convert" / "__main__.py",
+                "sde.distill.__main__": SDE / "distill" / "__main__.py"}
+# what draws samples or scores them: never the training side (sde.train, sde.training)
+INFERENCE_PACKAGES = ["runs", "sampling", "metrics"]
+INFERENCE = [SDE / "sample.py", SDE / "evaluate.py", SDE / "likelihood.py", SDE / "distill" / "sampling.py",
+             *sorted(p for d in INFERENCE_PACKAGES for p in (SDE / d).rglob("*.py"))]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -38,8 +42,9 @@ def test_inference_never_imports_training():
     for path in INFERENCE:
         bad = [m for m in imported_modules(path) if m.startswith(("sde.training", "sde.train"))]
         assert not bad, (path.name, bad)
-    code = ("import sys, sde.sample, sde.evaluate, sde.runs, sde.runs.sampling, sde.runs.evaluate,"
-            " sde.runs.load; sde.runs.load_run; print(sorted(m for m in sys.modules"
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for p in INFERENCE)
+    code = (f"import sys, {', '.join(modules)}; sde.runs.load_run; print(sorted(m for m in sys.modules"
             " if m.startswith('sde.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -78,3 +83,16 @@ def test_one_seed_scheme_for_keyed_streams():
     for parts in [(0,), (1, 2, 3), (7, 0, 41, 5)]:
         assert mix_seed(*parts) == _seed(*parts)
     assert sample_seeds(2, 3) == [2_000_000, 2_000_001, 2_000_002]
+
+
+# every `_target_` of the configs of the first release (stored in its runs' checkpoints)
+STORED_TARGETS = ["sde.losses.ddpm_loss", "sde.losses.dsm_loss", "sde.losses.smld_loss",
+                  "sde.models.ddpm.DDPM", "sde.models.mlp.MLP", "sde.models.ncsnpp.NCSNpp",
+                  "sde.sdes.SubVPSDE", "sde.sdes.VESDE", "sde.sdes.VPSDE"]
+
+
+def test_targets_stored_in_existing_checkpoints_still_resolve():
+    from hydra.utils import get_object
+
+    for target in STORED_TARGETS:
+        assert callable(get_object(target)), target

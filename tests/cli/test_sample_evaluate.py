@@ -164,9 +164,12 @@ def _low_rank_trace_sqrt(sigma1: np.ndarray, sigma2: np.ndarray, rank: int = 16)
     return float(np.sqrt(np.clip(lam, 0, None)).sum())
 
 
-def test_evaluate_fid_kid_is_with_random_inception_weights(digits_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("preprocessing", ["pytorch_fid", "tf1"])
+def test_evaluate_fid_kid_is_with_random_inception_weights(digits_run, tmp_path, monkeypatch,
+                                                           preprocessing):
     """The FID/KID/IS path of sde.evaluate: the samples are sde.sample's for the same seed
-    (per-example seeds), FID and IS equal their closed forms on the same Inception features.
+    (per-example seeds), FID and IS equal their closed forms on the same Inception features,
+    made with eval.inception_preprocessing (whose reference statistics get a file of their own).
     Only the 2048 x 2048 matrix square root is swapped for an exact low-rank one (a minute
     on a loaded CPU; tests/metrics checks the real one, the slow test below runs it)."""
     import sde.metrics.fid
@@ -180,12 +183,13 @@ def test_evaluate_fid_kid_is_with_random_inception_weights(digits_run, tmp_path,
     data = {"name": "folder", "root": str(tmp_path / "images"), "size": 8, "channels": 1,
             "shape": [1, 8, 8], "levels": 256}
     values = evaluate_run(digits_run, metrics=["fid", "kid", "is"], **FAST_PC, n=4, batch_size=6,
-                          inception_weights=weights, kid_subsets=3, kid_subset_size=4,
-                          is_splits=1, data=data, seed=1, progress=False)
+                          inception_weights=weights, inception_preprocessing=preprocessing,
+                          kid_subsets=3, kid_subset_size=4, is_splits=1, data=data, seed=1,
+                          progress=False)
     rec = sample_run(digits_run, **FAST_PC, n=4, seed=1, batch_size=3, out=tmp_path / "s.npz",
                      progress=False)
     samples = torch.from_numpy(np.load(rec["npz"])["samples"])
-    net = load_inception(weights)
+    net = load_inception(weights, preprocessing=preprocessing)
     f_samples, logits = extract_features(net, [samples])
     f_reference, _ = extract_features(net, [reference])
     expected_fid = _fid_closed_form(f_samples, f_reference)
@@ -195,6 +199,8 @@ def test_evaluate_fid_kid_is_with_random_inception_weights(digits_run, tmp_path,
     expected_is = math.exp(float((p * (p.log() - p.mean(0).log())).sum(1).mean()))
     assert values["is"] == pytest.approx(expected_is, rel=1e-9, abs=0) and expected_is > 1 + 1e-6
     assert np.isfinite(values["kid"]) and values["sample_n"] == 4
+    suffix = "" if preprocessing == "pytorch_fid" else "_tf1"
+    assert values["reference_stats"] == str(tmp_path / "images" / f"fid_stats_folder_8x8_train{suffix}.npz")
     assert Path(values["reference_stats"]).is_file()
 
 

@@ -104,7 +104,7 @@ def test_two_processes_write_one_png_per_seed(digits_run, tmp_path):
         f"{i:06d}.png" for i in range(5)]
 
 
-def _eval_worker(rank, world, port, run, out):
+def _eval_worker(rank, world, port, run, out, kwargs):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     import torch
@@ -115,28 +115,49 @@ def _eval_worker(rank, world, port, run, out):
     torch.set_num_threads(1)
     info = init_distributed("cpu", key="device")
     try:
-        values = evaluate_run(run, metrics=["toy"], sampler_options=SAMPLER, n=6, batch_size=4,
-                              trajectories=2, resolution=4, rtol=1e-3, atol=1e-3,
-                              likelihood_eps=1e-3, info=info, device="cpu", progress=False)
+        values = evaluate_run(run, **kwargs, info=info, device="cpu", progress=False)
         if info.is_main:
             torch.save(values, out)
     finally:
         cleanup()
 
 
-@pytest.mark.slow
-def test_sample_metrics_are_the_same_over_two_processes(toy_run, tmp_path):
+def _evaluate_two_ways(run, tmp_path, **kwargs):
+    """evaluate_run's values in one process, and under 2 gloo processes."""
     import torch
     import torch.multiprocessing as mp
 
     from sde.runs.evaluate import evaluate_run
 
-    one = evaluate_run(toy_run, metrics=["toy"], sampler_options=SAMPLER, n=6, batch_size=4,
-                       trajectories=2, resolution=4, rtol=1e-3, atol=1e-3, likelihood_eps=1e-3,
-                       device="cpu", progress=False)
-    mp.spawn(_eval_worker, args=(2, _free_port(), str(toy_run), str(tmp_path / "v.pt")),
+    one = evaluate_run(run, **kwargs, device="cpu", progress=False)
+    mp.spawn(_eval_worker, args=(2, _free_port(), str(run), str(tmp_path / "v.pt"), kwargs),
              nprocs=2, join=True)
-    two = torch.load(tmp_path / "v.pt", weights_only=True)
+    return one, torch.load(tmp_path / "v.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_sample_metrics_are_the_same_over_two_processes(toy_run, tmp_path):
+    one, two = _evaluate_two_ways(toy_run, tmp_path, metrics=["toy"], sampler_options=SAMPLER,
+                                  n=6, batch_size=4, trajectories=2, resolution=4, rtol=1e-3,
+                                  atol=1e-3, likelihood_eps=1e-3)
     assert two["sample_n"] == 6
     for key in ("energy_distance", "mmd_rbf"):
         assert two[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_fid_kid_is_are_the_same_over_two_processes(digits_run, tmp_path):
+    """Each rank scores its own samples with the Inception; rank 0 gathers the features."""
+    from .test_sample_evaluate import _image_folder, _random_inception
+
+    _image_folder(tmp_path / "images")
+    weights = _random_inception(tmp_path / "inception.pth")
+    data = {"name": "folder", "root": str(tmp_path / "images"), "size": 8, "channels": 1,
+            "shape": [1, 8, 8], "levels": 256}
+    one, two = _evaluate_two_ways(digits_run, tmp_path, metrics=["fid", "kid", "is"],
+                                  sampler_options=SAMPLER, n=5, batch_size=2, data=data,
+                                  inception_weights=weights, kid_subsets=3, kid_subset_size=4,
+                                  is_splits=1, seed=1)
+    assert two["sample_n"] == 5 and one["fid"] > 1e-3
+    for key in ("fid", "kid", "is"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-9), key

@@ -1,6 +1,7 @@
 """TrainSettings: its defaults are the config files' (written once), and bad values in the
 trainer / optim sections are refused with the key named, from Python and from the command line."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -26,6 +27,26 @@ def test_defaults_are_the_config_files():
         optim["warmup"], optim["grad_clip"])
     # the values that drifted before (log_every 50 vs 100, eval_every, sample_every)
     assert (s.log_every, s.eval_every, s.sample_every) == (100, 5000, 50000)
+
+
+@pytest.mark.parametrize("owner, name, section", [
+    ("sde.runs.evaluate:EvalOptions", "evaluate.yaml", "eval"),
+    ("sde.distill.loop:DistillSettings", "distill/distill.yaml", "trainer"),
+])
+def test_other_settings_defaults_are_their_config_sections(owner, name, section):
+    """EvalOptions and DistillSettings are config sections too: every key of the section is a
+    field whose default is the file's value (none written a second time in Python)."""
+    import importlib
+
+    module, cls = owner.split(":")
+    fields = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    config = yaml.safe_load((CONFIG_DIR / name).read_text())
+    values = {**config[section], **({"seed": config["seed"]} if "seed" in fields else {})}
+    assert set(values) == set(fields)
+    for key, value in values.items():
+        if isinstance(value, str) and value.startswith("${oc.env:SDE_INCEPTION_WEIGHTS"):
+            value = os.environ.get("SDE_INCEPTION_WEIGHTS")
+        assert fields[key] == value, key
 
 
 def test_from_sections_reads_the_composed_experiment():
@@ -61,3 +82,18 @@ def test_command_line_bad_value_is_one_line(tmp_path):
     assert "sde.train: error: trainer.steps must be an integer >= 1, got 'abc'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "config.yaml").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("debug, where", [([], "vp_toy"), (["debug=fast"], "debug/vp_toy")])
+def test_paths_group_places_the_run_directories(debug, where):
+    """paths.runs moves every run (and debug=fast's into <runs>/debug/); sample/evaluate look
+    for runs there too."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=vp_toy", "paths.runs=/scratch/r", *debug],
+                      return_hydra_config=True)
+        assert cfg.hydra.run.dir.startswith(f"/scratch/r/{where}/")
+        assert cfg.hydra.sweep.dir.startswith("/scratch/r/multirun/vp_toy/")
+        for name in ("sample", "evaluate"):
+            assert compose(name, overrides=["paths.runs=/scratch/r"]).runs_root == "/scratch/r"
