@@ -172,6 +172,21 @@ def test_classifier_sampling_errors(uncond_run, classifier_run, tmp_path):
         check_classifier(score_run, dataclasses.replace(clf, data={**clf.data, "centered": False}))
 
 
+@pytest.mark.slow  # a python -m sde.sample process: ~10-50 s on 2 busy cores
+def test_cli_classifier(uncond_run, classifier_run, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli.npz"
+    done = subprocess.run([sys.executable, "-m", "sde.sample", f"run={uncond_run}",
+                           f"classifier={classifier_run}", "label=7", "guidance=2", "n=3",
+                           "sampler.steps=25", f"out={out}", "progress=false", "device=cpu"],
+                          check=True, capture_output=True, text=True)
+    assert np.load(out)["labels"].tolist() == [7, 7, 7]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["guidance"] == 2 and "classifier" in record
+
+
 @pytest.mark.slow  # 300 steps of a tiny classifier: ~20 s on an idle CPU
 def test_a_tiny_classifier_learns_the_digits(tmp_path):
     """Trained on noisy digits, it classifies held-out digits at low noise and is near chance
