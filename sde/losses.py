@@ -28,9 +28,14 @@ def _uniform(shape, generator, device, low: float, high: float) -> torch.Tensor:
     return (low + (high - low) * u).to(device)
 
 
+def _perturb(x, alpha, std, z) -> torch.Tensor:
+    """x_t = alpha x + std z: a draw of the perturbation kernel p_0t(x_t | x) (Eq. 29, 4)."""
+    return append_dims(alpha, x.ndim) * x + append_dims(std, x.ndim) * z  # (B, ...)
+
+
 def _perturbed_score_error(score_fn, x, t, alpha, std, z) -> torch.Tensor:
     """std * s(x_t, t) + z at x_t = alpha x + std z: the eps-error of Eq. 7 (Song et al. 2021)."""
-    x_t = append_dims(alpha, x.ndim) * x + append_dims(std, x.ndim) * z  # (B, ...)
+    x_t = _perturb(x, alpha, std, z)
     score = score_fn(x_t, t)
     return append_dims(std, x.ndim) * score.to(z.dtype) + z
 
@@ -139,6 +144,18 @@ def edm_loss(sde, score_fn, x, *, generator=None, P_mean=-1.2, P_std=1.2, sigma_
     return _reduce((denoised - x) ** 2, reduce_mean) * weight
 
 
+def classifier_loss(sde, classifier_fn, x, *, generator=None, eps=1e-5, t=None) -> torch.Tensor:
+    """Cross-entropy of a noise-conditional classifier on x_t ~ p_0t(x_t | x) = N(alpha x,
+    std^2 I), t ~ U(eps, T) (the classifier of Song et al. 2021, Eq. 14), (B,): -log p_t(y | x_t)
+    with `classifier_fn(x_t, t) -> (B,)` the log-probability of each example's label
+    (`sde.models.get_classifier_fn` with the labels)."""
+    if t is None:
+        t = _uniform((x.shape[0],), generator, x.device, eps, sde.T)
+    z = randn_like(x, generator)
+    alpha, std = sde.marginal_coeffs(t.to(x.dtype))
+    return -classifier_fn(_perturb(x, alpha, std, z), t)
+
+
 def gaussian_dsm_constant(sde, data_std: float, t: torch.Tensor) -> torch.Tensor:
     """Per-dimension sigma^2-weighted DSM loss of the exact score for data N(0, data_std^2 I):
     alpha^2 s^2 / (alpha^2 s^2 + std^2) at each t (its irreducible value)."""
@@ -147,4 +164,5 @@ def gaussian_dsm_constant(sde, data_std: float, t: torch.Tensor) -> torch.Tensor
     return signal / (signal + std**2)
 
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "edm_loss", "importance_times", "gaussian_dsm_constant"]
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "edm_loss", "classifier_loss", "importance_times",
+           "gaussian_dsm_constant"]

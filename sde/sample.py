@@ -4,6 +4,7 @@
     python -m sde.sample run=DIR format=png out_dir=DIR n=50000       # one {seed:06d}.png each
     torchrun --nproc_per_node=K -m sde.sample run=DIR ...             # seeds sharded over ranks
     python -m sde.sample run=DIR label=3 guidance=2 n=64              # class 3 (label=all: each)
+    python -m sde.sample run=DIR classifier=CLF label=3 guidance=2    # classifier guidance
     python -m sde.sample run=DIR task=inpaint mask=center n=8 [data.path=IN.npz]  # colorize
 
 Everything (SDE, network, scaler, shape) comes from the checkpoint; `sde.runs.sample_run` does
@@ -42,7 +43,7 @@ def main(cfg: DictConfig) -> None:
                    batch_size=cfg.batch_size, out=cfg.out, format=cfg.format,
                    out_dir=cfg.out_dir, ema=cfg.ema, device=info.device,
                    runs_root=cfg.runs_root, info=info, progress=cfg.progress,
-                   label=cfg.label, guidance=cfg.guidance)
+                   label=cfg.label, guidance=cfg.guidance, classifier=cfg.classifier)
     finally:
         cleanup()
 

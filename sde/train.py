@@ -21,7 +21,8 @@ from sde.runs.sweep import report_failures, run_name, sweep_point
 
 def run(cfg: DictConfig, run_dir) -> dict:
     """Train the experiment `cfg` into `run_dir` (resuming from its checkpoints if any): a score
-    model on images or on an autoencoder's latents (`autoencoder=RUN`), or an autoencoder."""
+    model on images or on an autoencoder's latents (`autoencoder=RUN`), a noise-conditional
+    classifier (`task: classifier`), or an autoencoder."""
     from hydra.utils import instantiate
 
     from sde.data import check_model_input
@@ -48,7 +49,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
         check_model_input(model, data.shape)  # channels/size vs the network: one clear error
         return train_run(sde=sde, model=model, loss_fn=loss_fn, data=data, info=info,
                          score_options=plain(cfg.score), settings=settings, run_dir=run_dir,
-                         config=config, logger_options=logger)
+                         config=config, logger_options=logger, task=cfg.get("task", "score"))
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")

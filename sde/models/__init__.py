@@ -143,5 +143,8 @@ def get_denoiser_fn(sde, score_fn):
     return denoiser
 
 
-__all__ = ["MLP", "NCSNpp", "DDPM", "get_score_fn", "get_denoiser_fn", "model_time", "edm_coefficients",
-           "output_to_score", "TIME_INPUTS", "PREDICTIONS", "STDS"]
+from sde.models.classifier import NCSNppClassifier, get_classifier_fn  # noqa: E402
+
+__all__ = ["MLP", "NCSNpp", "NCSNppClassifier", "DDPM", "get_score_fn", "get_classifier_fn",
+           "get_denoiser_fn", "model_time", "edm_coefficients", "output_to_score", "TIME_INPUTS",
+           "PREDICTIONS", "STDS"]

@@ -204,16 +204,27 @@ class NCSNpp(nn.Module):
         """Time (+ label) embedding (B, 4 nf), or None for an unconditional network."""
         if not self.conditional:
             return None
-        if self.embedding_type == "fourier":
-            emb = self.blocks["fourier"](torch.log(cond))  # NCSN++ embeds log sigma
-        else:
-            emb = timestep_embedding(cond, self.nf)
-        temb = self.blocks["temb1"](self.act(self.blocks["temb0"](emb)))  # (B, 4 nf)
+        temb = self.time_embedding(cond)  # (B, 4 nf)
         if self.num_classes is not None:
             if class_labels is None:
                 class_labels = torch.full(cond.shape, self.num_classes, device=cond.device)
             temb = temb + self.label_emb(class_labels)
         return temb
+
+    def time_embedding(self, cond: torch.Tensor) -> torch.Tensor:
+        """The time embedding (B, 4 nf): Fourier features of log sigma (NCSN++) or sinusoidal
+        features of 999 t (DDPM++), through two dense layers."""
+        if self.embedding_type == "fourier":
+            emb = self.blocks["fourier"](torch.log(cond))  # NCSN++ embeds log sigma
+        else:
+            emb = timestep_embedding(cond, self.nf)
+        return self.blocks["temb1"](self.act(self.blocks["temb0"](emb)))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """A ValueError unless x is (B, in_channels, H, W)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected x shaped (B, {self.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
 
     def _down(self, x: torch.Tensor, temb) -> list[torch.Tensor]:
         b, skip = self.blocks, self.skip_rescale
@@ -264,9 +275,7 @@ class NCSNpp(nn.Module):
         return b["out_conv"](self.act(b["out_norm"](h)))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, class_labels=None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected x shaped (B, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+        self.check_input(x)
         temb = self.embed(cond, class_labels)
         if not self.centered:  # data in [0, 1] -> [-1, 1]
             x = 2 * x - 1.0

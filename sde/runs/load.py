@@ -57,24 +57,11 @@ def load_run(path, *, ema: bool = True, device=None) -> Run:
     from sde.data import data_scalers
     from sde.models import get_score_fn
 
-    file = latest_checkpoint(path)
-    if file is None:
-        raise CheckpointError(f"no checkpoint in {path}: expected {Path(path)}/checkpoints/"
-                              "ckpt_<step>.pt or a checkpoint file")
-    ckpt = load_checkpoint(file)
+    ckpt, file = _checkpoint(path)
     config = ckpt["config"]
     _check_score_run(config, file)
     device = resolve_device(device)
-    weights = ckpt["ema"] if ema else ckpt["model"]
-    check_finite_weights(weights, file, which="EMA" if ema else "raw")
-    try:
-        sde = _instantiate(config["sde"])
-        model = _instantiate(config["model"])
-        model.load_state_dict(weights)
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise CheckpointError(f"{file} does not match this codebase's networks/SDEs "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    model = model.to(device).eval().requires_grad_(False)
+    sde, model = _sde_and_network(ckpt, file, ema=ema, device=device)
     data = config["data"]
     scaler, inverse_scaler = data_scalers(levels=data.get("levels"), centered=data["centered"])
     space, image_shape = None, None
@@ -90,7 +77,74 @@ def load_run(path, *, ema: bool = True, device=None) -> Run:
                step=int(ckpt["step"]), path=file, ema=ema, latent=space, image_shape=image_shape)
 
 
+def _checkpoint(path) -> tuple[dict, Path]:
+    """(checkpoint, its file): the newest checkpoint of a run directory, or a checkpoint file."""
+    file = latest_checkpoint(path)
+    if file is None:
+        raise CheckpointError(f"no checkpoint in {path}: expected {Path(path)}/checkpoints/"
+                              "ckpt_<step>.pt or a checkpoint file")
+    return load_checkpoint(file), file
+
+
+def _sde_and_network(ckpt: dict, file, *, ema: bool, device) -> tuple[object, nn.Module]:
+    """The checkpoint's SDE and network (EMA or raw weights, checked finite), in eval mode on
+    `device` with its parameters frozen."""
+    weights = ckpt["ema"] if ema else ckpt["model"]
+    check_finite_weights(weights, file, which="EMA" if ema else "raw")
+    try:
+        sde = _instantiate(ckpt["config"]["sde"])
+        model = _instantiate(ckpt["config"]["model"])
+        model.load_state_dict(weights)
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{file} does not match this codebase's networks/SDEs "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return sde, model.to(device).eval().requires_grad_(False)
+
+
+@dataclass
+class Classifier:
+    """A trained noise-conditional classifier run (`task: classifier`, e.g.
+    experiment=classifier_digits): its SDE, network (eval mode), resolved config, `data`
+    section, training steps, checkpoint file and EMA flag."""
+
+    sde: object
+    model: nn.Module
+    config: dict
+    data: dict
+    step: int
+    path: Path
+    ema: bool
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    def log_prob_fn(self, labels: torch.Tensor):
+        """`(x, t) -> log p_t(labels | x)` (B,) for the labels (B,) of a batch, in model space."""
+        from sde.models.classifier import get_classifier_fn, time_options
+
+        return get_classifier_fn(self.sde, self.model, **time_options(self.config.get("score", {})),
+                                 model_kwargs={"class_labels": labels})
+
+
+def load_classifier(path, *, ema: bool = True, device=None) -> Classifier:
+    """Load a noise-conditional classifier run (its directory or a checkpoint), EMA weights
+    unless `ema=False`, in eval mode on `device`."""
+    ckpt, file = _checkpoint(path)
+    config = ckpt["config"]
+    if config.get("task") != "classifier":
+        raise CheckpointError(f"{file} is not a classifier run (its config has no `task: "
+                              "classifier`): train one with experiment=classifier_digits")
+    sde, model = _sde_and_network(ckpt, file, ema=ema, device=resolve_device(device))
+    return Classifier(sde=sde, model=model, config=config, data=config["data"],
+                      step=int(ckpt["step"]), path=file, ema=ema)
+
+
 def _check_score_run(config: dict, file) -> None:
+    if config.get("task") == "classifier":
+        raise CheckpointError(f"{file} is a noise-conditional classifier (task: classifier), not "
+                              "a score model: guide a score run with it, run=SCORE_RUN "
+                              f"classifier={file} label=C (sde.runs.load_classifier)")
     if config.get("task") == "autoencoder":
         raise CheckpointError(f"{file} is an autoencoder run (task: autoencoder), not a score "
                               "model: train a latent score model on it with experiment=ldm_digits"

@@ -96,8 +96,9 @@ def parse_labels(label, n: int, num_classes: int | None) -> torch.Tensor | None:
         return None
     if num_classes is None:
         raise ValueError("label= needs a class-conditional run (trained with data.labels=true "
-                         "and model.num_classes, e.g. experiment=vp_digits_cond); this run is "
-                         "unconditional: drop label=")
+                         "and model.num_classes, e.g. experiment=vp_digits_cond) or a classifier "
+                         "(classifier=RUN, e.g. experiment=classifier_digits); this run is "
+                         "unconditional: drop label= or give classifier=")
     if label == "all":
         return torch.arange(n) * num_classes // n  # (n,): blocks of n / num_classes
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
@@ -128,6 +129,27 @@ def class_score_fn(run, labels: torch.Tensor, guidance: float = 0.0, *, classifi
         return guided_score(cond, uncond, guidance)
 
     return make
+
+
+def check_classifier(run, classifier) -> None:
+    """A classifier guides a run only in the run's model space: the same perturbation kernel
+    p_0t (alpha(t), std(t) on [0, T]), example shape and data scaling; a ValueError otherwise."""
+    if getattr(run, "latent", None) is not None:
+        raise ValueError("classifier guidance of a latent run is not supported: the classifier "
+                         "sees images, the run samples latents")
+    t = torch.linspace(0.0, float(run.sde.T), 11, dtype=torch.float64)
+    same_kernel = float(classifier.sde.T) == float(run.sde.T) and all(
+        torch.allclose(a, b) for a, b in zip(run.sde.marginal_coeffs(t),
+                                             classifier.sde.marginal_coeffs(t)))
+    if not same_kernel:
+        raise ValueError(f"the classifier {classifier.path} was trained with sde "
+                         f"{classifier.config['sde']}, the run samples sde {run.config['sde']}: "
+                         "train the classifier with the run's SDE (its sde.* settings)")
+    for key in ("shape", "levels", "centered"):
+        if classifier.data.get(key) != run.data.get(key):
+            raise ValueError(f"the classifier {classifier.path} was trained on data with "
+                             f"{key}={classifier.data.get(key)}, the run on {key}="
+                             f"{run.data.get(key)}: train the classifier on the run's data")
 
 
 GRID_EXAMPLES = 256  # training examples the optimised grid is fitted to
@@ -231,15 +253,17 @@ def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None
                n: int = 64, seed: int = 0, batch_size: int = 64, out=None, format: str = "npz",
                out_dir=None, ema: bool = True, device=None, runs_root=RUNS_ROOT,
                info: DistInfo | None = None, progress: bool = True, label=None,
-               guidance: float = 0.0) -> dict:
+               guidance: float | None = None, classifier=None) -> dict:
     """Sample a run (directory or checkpoint; None: the newest under `runs_root`) and write
     the files; returns the JSON record, also printed and appended to <run>/samples.jsonl.
 
     format="npz": `out` (default <run>/samples/<sampler>_seed<S>_n<N>.npz) and a figure next to
     it; format="png": one `{seed:06d}.png` per sample in `out_dir`. `label` (an int, or "all":
     an equal share per class) samples a class of a class-conditional run with classifier-free
-    guidance weight `guidance` (0: the conditional score)."""
-    from sde.runs.load import load_run
+    guidance weight `guidance` (0, the default: the conditional score), or with `classifier` (a
+    noise-conditional classifier run) a class of any run with classifier guidance of weight
+    `guidance` (1, the default: score + grad log p_t(y | x))."""
+    from sde.runs.load import load_classifier, load_run
 
     info = info or DistInfo()
     for key, value, low in (("n", n, 1), ("seed", seed, 0), ("batch_size", batch_size, 1)):
@@ -248,19 +272,28 @@ def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None
     path = resolve_run(run, runs_root)  # a bad path fails before anything heavy
     device = resolve_device(device, local_rank=info.local_rank)
     run_dir = run_dir_of(path)
+    if classifier is not None and label is None:
+        raise ValueError("classifier= guides samples towards a class: also give label=C (or "
+                         "label=all)")
+    guidance = (0.0 if classifier is None else 1.0) if guidance is None else guidance
     _check_guidance(label, guidance)
-    tag = "" if label is None else f"_label{label}_w{guidance:g}"
+    tag = "" if label is None else f"_{'clf_' if classifier else ''}label{label}_w{guidance:g}"
     target = _outputs(run_dir, sampler=sampler, seed=seed, n=n, format=format, out=out,
                       out_dir=out_dir, tag=tag)
     loaded = load_run(path, ema=ema, device=device)
-    labels = parse_labels(label, n, getattr(loaded.model, "num_classes", None))
+    num_classes = getattr(loaded.model, "num_classes", None)
+    if classifier is not None:
+        classifier = load_classifier(classifier, ema=ema, device=device)
+        check_classifier(loaded, classifier)
+        num_classes = classifier.num_classes
+    labels = parse_labels(label, n, num_classes)
     if format == "png" and not is_image_shape(loaded.shape):
         raise ValueError(f"format=png writes images, but this run's data is shaped "
                          f"{list(loaded.shape)}; use format=npz")
     samples, seeds, nfe, seconds = draw_samples(
         loaded, sampler=sampler, sampler_options=sampler_options, n=n, seed=seed,
         batch_size=batch_size, device=device, info=info, progress=progress, labels=labels,
-        guidance=guidance)
+        guidance=guidance, classifier=classifier)
     if format == "png":
         save_pngs(samples, seeds, target)
         files = {"out_dir": str(target)}
@@ -279,6 +312,8 @@ def sample_run(run=None, *, sampler: str = "pc", sampler_options: Mapping | None
               "processes": info.world, "format": format, **files}
     if label is not None:
         record.update(label=label, guidance=guidance)
+    if classifier is not None:
+        record["classifier"] = str(classifier.path)
     log_record(record, run_dir / "samples.jsonl")
     return record
 

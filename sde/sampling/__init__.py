@@ -2,7 +2,12 @@
 (DDIM, EDM's Heun, DPM-Solver, DPM-Solver++, adaptive SDE, UniPC, DEIS), all selectable by
 `get_sampler(name)`."""
 
-from sde.sampling.controllable import colorize, guided_score, inpaint  # noqa: F401
+from sde.sampling.controllable import (  # noqa: F401
+    classifier_guided_score,
+    colorize,
+    guided_score,
+    inpaint,
+)
 from sde.sampling.correctors import (
     CORRECTORS,
     AnnealedLangevinDynamics,

@@ -18,4 +18,30 @@ def cond_run(tmp_path_factory):
     return run_dir
 
 
-__all__ = ["COND", "compose_train"]
+UNCOND = ["experiment=vp_digits", *FAST, *TINY["ddpmpp"], "model.attn_resolutions=[]",
+          "trainer.batch_size=16", "trainer.num_samples=0"]
+CLASSIFIER = ["experiment=classifier_digits", *FAST, *TINY["ddpmpp"], "model.attn_resolutions=[]",
+              "trainer.batch_size=16"]
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tmp_path_factory):
+    """A tiny classifier_digits run of 2 steps (checkpointed)."""
+    from sde.train import run
+
+    run_dir = tmp_path_factory.mktemp("classifier") / "run"
+    run(compose_train([*CLASSIFIER, "trainer.steps=2"]), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def uncond_run(tmp_path_factory):
+    """A tiny unconditional vp_digits run of 2 steps, for the classifier to guide."""
+    from sde.train import run
+
+    run_dir = tmp_path_factory.mktemp("uncond") / "run"
+    run(compose_train([*UNCOND, "trainer.steps=2"]), run_dir)
+    return run_dir
+
+
+__all__ = ["COND", "CLASSIFIER", "UNCOND", "compose_train"]
