@@ -133,3 +133,24 @@ def test_top_level_tags_become_wandb_tags(tmp_path):
     assert names == {"name": "vp_toy/2026-01-01_00-00-00", "group": None,
                      "tags": ["paper", "baseline", "lr-sweep"]}
     assert run_name(compose_train(["experiment=vp_toy", "logger=none"]), tmp_path) == {}
+
+
+def test_an_unwritable_run_folder_is_one_line_before_hydra_writes_there(tmp_path):
+    """Hydra writes train.log and .hydra/ into the run (or sweep) folder before `sde.train`'s code
+    runs; a folder that cannot be written (here: under a regular file, which fails for root too,
+    unlike a read-only mode) is one line and exit 2, not Hydra's traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    for folder in ("hydra.run.dir", "hydra.sweep.dir"):
+        args = ["-m"] if folder == "hydra.sweep.dir" else []
+        proc = subprocess.run([sys.executable, "-m", "sde.train", *args, *TOY,
+                               f"{folder}={blocker / 'run'}"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        what = "sweep" if args else "run"
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"sde.train: error: cannot write to the {what} directory {blocker / 'run'}: Not a "
+            "directory; free space, fix the permissions or choose another folder "
+            "(hydra.run.dir=DIR / out=...)")
