@@ -180,10 +180,19 @@ def _nonfinite_rows(x: torch.Tensor) -> list[int]:
     return (~torch.isfinite(x.flatten(1).float())).any(1).nonzero().flatten().tolist()
 
 
-def _check_finite(losses: list, first_step: int, *, batch_of=None, batch_size: int = 0) -> None:
+def uses_batch_statistics(*modules: nn.Module) -> bool:
+    """Whether any of `modules` normalises over the batch (BatchNorm), so that one example per
+    process leaves its statistics undefined."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for module in modules
+               for m in module.modules())
+
+
+def _check_finite(losses: list, first_step: int, *, batch_of=None, batch_size: int = 0,
+                  modules: Sequence[nn.Module] = ()) -> None:
     """Raise `NonFiniteLossError` naming the first step whose loss is not finite, and its cause:
-    the data when that step's batch (`batch_of(step)`) holds NaN/Inf, a tiny batch, or else the
-    optimisation (learning rate, clipping, precision)."""
+    the data when that step's batch (`batch_of(step)`) holds NaN/Inf, a batch of one when one of
+    the trained `modules` takes batch statistics, or else the optimisation (learning rate,
+    clipping, precision)."""
     if not losses:
         return
     values = torch.stack(losses).float().cpu()
@@ -198,10 +207,11 @@ def _check_finite(losses: list, first_step: int, *, batch_of=None, batch_size: i
         raise NonFiniteLossError(
             f"{head}: its training batch holds NaN/Inf (batch rows {rows[:10]}), so the data is "
             "the cause, not the learning rate; clean the data set (NaN/Inf values)")
-    if 0 < batch_size < 2:
+    if 0 < batch_size < 2 and uses_batch_statistics(*modules):
         raise NonFiniteLossError(
-            f"{head} with {batch_size} example per process: statistics over a batch of one are "
-            "undefined; raise trainer.batch_size (it is the global batch over all processes)")
+            f"{head} with {batch_size} example per process: the network's batch statistics "
+            "(BatchNorm) are undefined over a batch of one; raise trainer.batch_size (it is the "
+            "global batch over all processes)")
     raise NonFiniteLossError(
         f"{head} (the batch was finite); lower optim.lr, keep optim.grad_clip, or use "
         "trainer.precision=fp32")
@@ -413,8 +423,9 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
             due = due_events(step, s)
             final = step == s.steps or stopping
             if due["log"] or due["ckpt"] or final:
-                _check_finite(recent, interval_start + 1, batch_size=bs, batch_of=lambda k: data.batch(
-                    k - 1, bs, seed=s.seed, rank=info.rank, world=info.world))
+                _check_finite(recent, interval_start + 1, batch_size=bs, modules=(model,),
+                              batch_of=lambda k: data.batch(k - 1, bs, seed=s.seed,
+                                                            rank=info.rank, world=info.world))
                 dt = time.perf_counter() - tic
                 row = {"loss": float(all_mean(torch.stack(recent).mean(), info)),
                        "lr": lr_at(step, s), "grad_norm": float(grad_norm),
