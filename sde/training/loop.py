@@ -22,7 +22,7 @@ from torch import nn
 
 from sde.data import _seed, step_generator
 from sde.runs import checkpoint as ckpt_lib
-from sde.runs.env import sample_seeds
+from sde.runs.env import check_bool, check_int, sample_seeds
 from sde.runs.figures import save_figure
 from sde.runs.files import write_text
 from sde.runs.logger import NullLogger
@@ -107,11 +107,9 @@ class TrainSettings:
 
     def __post_init__(self):
         for name, low in _INT_MIN.items():
-            _check_int(getattr(self, name), _config_key(name), low)
+            check_int(getattr(self, name), _config_key(name), low)
         for name in _BOOLS:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{_config_key(name)} must be true or false, got "
-                                 f"{getattr(self, name)!r}")
+            check_bool(getattr(self, name), _config_key(name))
         _check_number(self.lr, "optim.lr", low=0.0, strict=True)
         _check_number(self.adam_eps, "optim.eps", low=0.0, strict=True)
         _check_number(self.weight_decay, "optim.weight_decay", low=0.0)
@@ -141,11 +139,6 @@ class TrainSettings:
         if unknown:
             raise ValueError(f"unknown trainer/optim keys {unknown}")
         return cls(**values, seed=seed, sampler=dict(sampler or {"name": "pc"}))
-
-
-def _check_int(value, key: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
 
 
 def _check_number(value, key: str, *, low: float, strict: bool = False) -> None:
