@@ -304,7 +304,7 @@ def image_folder(root: str | Path, *, size: int | None = None, channels: int = 3
         try:
             a = read_image(f, size=size, channels=channels)
         except CorruptImage as e:
-            log.warning("skipping %s", e)
+            log.warning("%s; it is left out of the data set", e)
             continue
         arrays.append(a)
         shapes.setdefault(a.shape, f)

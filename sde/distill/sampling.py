@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from sde.models import get_denoiser_fn
-from sde.utils import append_dims, batch_time, randn_like
+from sde.utils import CountedScore, append_dims, batch_time, randn_like
 
 NOISES = ("ddim", "fresh")
 
@@ -73,5 +73,8 @@ def distilled_sample(sde, score_fn, shape, *, steps, grid="uniform", eps=1e-3, n
     if grid not in ("uniform", None):
         raise ValueError(f"the distilled sampler steps on T (1 - i / K); grid must be 'uniform', "
                          f"got {grid!r}")
-    return sample_with_denoiser(sde, get_denoiser_fn(sde, score_fn), shape, steps=steps,
-                                noise=noise, generator=generator, device=device, dtype=dtype)
+    counted = CountedScore(score_fn)
+    x, nfe = sample_with_denoiser(sde, get_denoiser_fn(sde, counted), shape, steps=steps,
+                                  noise=noise, generator=generator, device=device, dtype=dtype)
+    counted.check(x, what="distilled_sample")
+    return x, nfe

@@ -21,6 +21,9 @@ from typing import IO
 class RunDirError(OSError):
     """The run directory cannot be used: not writable, full, or locked by another process."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # without OSError's "[Errno N]" prefix
+
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp")

@@ -300,7 +300,9 @@ def inpaint(sde, score_fn, y, mask, *, method="replacement", predictor="reverse_
     counted = CountedScore(score_fn)
     x, x_mean = method_fn(sde, counted, y, known, predictor=predictor, corrector=corrector,
                           snr=snr, n_steps=n_steps, eps=eps, generator=generator, **options)
-    return torch.where(known, y, x_mean if denoise else x), counted.nfe
+    out = torch.where(known, y, x_mean if denoise else x)
+    counted.check(out, what=f"inpaint (method={method!r})")
+    return out, counted.nfe
 
 
 def _colour_basis(like: torch.Tensor) -> torch.Tensor:
@@ -356,7 +358,9 @@ def dps_sample(sde, score_fn, y, operator, shape, *, zeta=1.0, predictor="revers
     x, x_mean = _dps(sde, counted, tuple(shape), y, operator, predictor=predictor,
                      corrector=corrector, snr=snr, n_steps=n_steps, eps=eps, generator=generator,
                      zeta=zeta, corrector_options=corrector_options)
-    return (x_mean if denoise else x), counted.nfe
+    out = x_mean if denoise else x
+    counted.check(out, what="dps_sample")
+    return out, counted.nfe
 
 
 def guided_score(cond_score_fn, uncond_score_fn, guidance):
@@ -430,6 +434,7 @@ def smc_linear_inverse(sde, score_fn, y, A, shape, *, noise_std=0.0, particles=1
     for i, t in enumerate(grid):
         t_next = grid[i + 1] if i + 1 < len(grid) else None
         x_plus, m = predictor_obj.update_fn(x, batch_time(t, x), _UnitNoise())
+        counted.check(what="smc_linear_inverse")  # before NaN reaches the Gaussians' checks
         g2 = ((x_plus - m).flatten()[0].double() ** 2).clamp_min(1e-20)  # the kernel's G^2
         H, sigma_y = _linear_potential(sde, A, noise_std, t_next)
         mean, root, log_z = _linear_move(H, sigma_y, m.flatten(1).double(), g2, y_k)
@@ -449,4 +454,6 @@ def smc_linear_inverse(sde, score_fn, y, A, shape, *, noise_std=0.0, particles=1
             log_w = torch.where(low[:, None], 0.0, log_w)
     pick = torch.searchsorted(torch.cumsum(torch.softmax(log_w, 1), 1),
                               _uniform(b, generator, y.device)[:, None]).clamp_max(k - 1)
-    return _gather(x_mean if denoise else x, pick), counted.nfe
+    out = _gather(x_mean if denoise else x, pick)
+    counted.check(out, what="smc_linear_inverse")
+    return out, counted.nfe

@@ -192,7 +192,8 @@ def fit_autoencoder(*, autoencoder: nn.Module, loss_fn: nn.Module, data, run_dir
             due = due_events(step, s)
             final = step == s.steps or stopping
             if due["log"] or due["ckpt"] or final:
-                row = _summarise(recent, interval_start, bs, batch_of, info)
+                row = _summarise(recent, interval_start, bs, batch_of, info,
+                                 modules=(trainer.autoencoder, trainer.loss_fn))
                 dt = time.perf_counter() - tic
                 row.update(lr=lr_at(step, s), img_per_s=len(recent) * s.batch_size / max(dt, 1e-9))
                 if due["eval"] or final:
@@ -223,11 +224,11 @@ def fit_autoencoder(*, autoencoder: nn.Module, loss_fn: nn.Module, data, run_dir
 
 
 def _summarise(recent: list[dict], interval_start: int, bs: int, batch_of,
-               info: DistInfo) -> dict:
+               info: DistInfo, modules=()) -> dict:
     """The mean of each logged quantity over the interval (over ranks); a non-finite loss is
     a `NonFiniteLossError` naming its step and cause (as in the score loop)."""
     _check_finite([r["loss"] for r in recent], interval_start + 1, batch_size=bs,
-                  batch_of=batch_of)
+                  batch_of=batch_of, modules=modules)
     keys = [k for k in recent[-1] if all(k in r for r in recent)]
     row = {k: float(all_mean(torch.stack([torch.as_tensor(r[k], dtype=torch.float32)
                                            .to(info.device) for r in recent]).mean(), info))

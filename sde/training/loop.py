@@ -22,7 +22,7 @@ from torch import nn
 
 from sde.data import _seed, step_generator
 from sde.runs import checkpoint as ckpt_lib
-from sde.runs.env import sample_seeds
+from sde.runs.env import check_bool, check_int, sample_seeds
 from sde.runs.figures import save_figure
 from sde.runs.files import write_text
 from sde.runs.logger import NullLogger
@@ -104,11 +104,9 @@ class TrainSettings:
 
     def __post_init__(self):
         for name, low in _INT_MIN.items():
-            _check_int(getattr(self, name), _config_key(name), low)
+            check_int(getattr(self, name), _config_key(name), low)
         for name in _BOOLS:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{_config_key(name)} must be true or false, got "
-                                 f"{getattr(self, name)!r}")
+            check_bool(getattr(self, name), _config_key(name))
         _check_number(self.lr, "optim.lr", low=0.0, strict=True)
         _check_number(self.adam_eps, "optim.eps", low=0.0, strict=True)
         _check_number(self.weight_decay, "optim.weight_decay", low=0.0)
@@ -138,11 +136,6 @@ class TrainSettings:
         if unknown:
             raise ValueError(f"unknown trainer/optim keys {unknown}")
         return cls(**values, seed=seed, sampler=dict(sampler or {"name": "pc"}))
-
-
-def _check_int(value, key: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
 
 
 def _check_number(value, key: str, *, low: float, strict: bool = False) -> None:
@@ -177,10 +170,19 @@ def _nonfinite_rows(x: torch.Tensor) -> list[int]:
     return (~torch.isfinite(x.flatten(1).float())).any(1).nonzero().flatten().tolist()
 
 
-def _check_finite(losses: list, first_step: int, *, batch_of=None, batch_size: int = 0) -> None:
+def uses_batch_statistics(*modules: nn.Module) -> bool:
+    """Whether any of `modules` normalises over the batch (BatchNorm), so that one example per
+    process leaves its statistics undefined."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for module in modules
+               for m in module.modules())
+
+
+def _check_finite(losses: list, first_step: int, *, batch_of=None, batch_size: int = 0,
+                  modules: Sequence[nn.Module] = ()) -> None:
     """Raise `NonFiniteLossError` naming the first step whose loss is not finite, and its cause:
-    the data when that step's batch (`batch_of(step)`) holds NaN/Inf, a tiny batch, or else the
-    optimisation (learning rate, clipping, precision)."""
+    the data when that step's batch (`batch_of(step)`) holds NaN/Inf, a batch of one when one of
+    the trained `modules` takes batch statistics, or else the optimisation (learning rate,
+    clipping, precision)."""
     if not losses:
         return
     values = torch.stack(losses).float().cpu()
@@ -195,10 +197,11 @@ def _check_finite(losses: list, first_step: int, *, batch_of=None, batch_size: i
         raise NonFiniteLossError(
             f"{head}: its training batch holds NaN/Inf (batch rows {rows[:10]}), so the data is "
             "the cause, not the learning rate; clean the data set (NaN/Inf values)")
-    if 0 < batch_size < 2:
+    if 0 < batch_size < 2 and uses_batch_statistics(*modules):
         raise NonFiniteLossError(
-            f"{head} with {batch_size} example per process: statistics over a batch of one are "
-            "undefined; raise trainer.batch_size (it is the global batch over all processes)")
+            f"{head} with {batch_size} example per process: the network's batch statistics "
+            "(BatchNorm) are undefined over a batch of one; raise trainer.batch_size (it is the "
+            "global batch over all processes)")
     raise NonFiniteLossError(
         f"{head} (the batch was finite); lower optim.lr, keep optim.grad_clip, or use "
         "trainer.precision=fp32")
@@ -410,8 +413,9 @@ def fit(*, sde, model: nn.Module, loss_fn, data, get_score_fn, run_dir, config: 
             due = due_events(step, s)
             final = step == s.steps or stopping
             if due["log"] or due["ckpt"] or final:
-                _check_finite(recent, interval_start + 1, batch_size=bs, batch_of=lambda k: data.batch(
-                    k - 1, bs, seed=s.seed, rank=info.rank, world=info.world))
+                _check_finite(recent, interval_start + 1, batch_size=bs, modules=(model,),
+                              batch_of=lambda k: data.batch(k - 1, bs, seed=s.seed,
+                                                            rank=info.rank, world=info.world))
                 dt = time.perf_counter() - tic
                 row = {"loss": float(all_mean(torch.stack(recent).mean(), info)),
                        "lr": lr_at(step, s), "grad_norm": float(grad_norm),

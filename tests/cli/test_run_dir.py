@@ -136,8 +136,9 @@ def test_read_only_run_folder_is_named(run_copy):
 def test_misread_values_are_refused_with_the_key(toy_run, tmp_path):
     with pytest.raises(ValueError, match="ema must be true or false, got 'no'"):
         sample_run(toy_run, ema="no", n=2, progress=False)
-    with pytest.raises(ValueError, match="n must be an integer >= 1, got 'abc'"):
-        sample_run(toy_run, n="abc", progress=False)
+    for key, value, low in (("n", "abc", 1), ("n", 0, 1), ("seed", -1, 0), ("batch_size", 0, 1)):
+        with pytest.raises(ValueError, match=f"{key} must be an integer >= {low}, got {value!r}"):
+            sample_run(toy_run, **{"n": 2, key: value}, progress=False)
     with pytest.raises(ValueError, match=r"eval.likelihood_n must be an integer >= 1, got 0"):
         EvalOptions(likelihood_n=0)
     with pytest.raises(ValueError, match=r"unknown eval keys \['likelihod_n'\]"):

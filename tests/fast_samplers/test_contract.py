@@ -260,3 +260,38 @@ def test_every_shipped_sampler_config_takes_its_own_options(name):
     file = CONFIG_DIR / "sampler" / f"{name}.yaml"
     if file.exists():
         split_sampler(OmegaConf.to_container(OmegaConf.load(file)))
+
+
+def _nan_cases(sde, score_fn):
+    """The samplers outside CASES: the distilled one of the registry and the controllable ones."""
+    from sde.sampling import controllable
+
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    y, mask = torch.zeros(SHAPE), torch.rand(SHAPE, generator=g()) < 0.5
+    inpaint = lambda method, **kw: lambda: controllable.inpaint(  # noqa: E731
+        sde, score_fn, y, mask, method=method, generator=g(), **kw)
+    return {
+        "distilled": lambda: get_sampler("distilled")(sde, score_fn, SHAPE, steps=4, generator=g()),
+        "inpaint-replacement": inpaint("replacement"),
+        "inpaint-repaint": inpaint("repaint", resample=2),
+        "inpaint-dps": inpaint("dps"),
+        "inpaint-smc": inpaint("smc", corrector="none", particles=2),
+        "colorize": lambda: controllable.colorize(sde, lambda x, t: score_fn(x[:, :2], t).repeat(
+            1, 2, 1, 1)[:, :3], torch.zeros(SHAPE[0], 1, 4, 4), generator=g()),
+        "dps_sample": lambda: controllable.dps_sample(sde, score_fn, torch.zeros(SHAPE[0], 4),
+                                                      torch.randn(4, 32, generator=g()), SHAPE,
+                                                      generator=g()),
+        "smc_linear_inverse": lambda: controllable.smc_linear_inverse(
+            sde, score_fn, torch.zeros(SHAPE[0], 4), torch.randn(4, 32, generator=g()), SHAPE,
+            noise_std=0.1, particles=2, generator=g()),
+    }
+
+
+@pytest.mark.parametrize("case", list(_nan_cases(None, None)))
+def test_nan_score_raises_in_the_distilled_and_controllable_samplers(case):
+    """Every other sampler that takes a score_fn: NaN from the score is the named cause, not NaN
+    samples (nor a distribution's constraint error) returned to the caller."""
+    sde = VPSDE(N=25)
+    score_fn = nan_in_the_middle(MIXTURE.score_fn(sde))
+    with pytest.raises(NonFiniteError, match="score_fn returned NaN or Inf during"):
+        _nan_cases(sde, score_fn)[case]()

@@ -15,7 +15,7 @@ import sde.losses
 from sde.runs.checkpoint import CheckpointError
 from sde.runs.files import RunDirError, locked
 from sde.train import run
-from sde.training.loop import NonFiniteLossError
+from sde.training.loop import NonFiniteLossError, _check_finite
 
 from .conftest import FAST, TINY, compose_train
 
@@ -78,13 +78,23 @@ def _nan_loss_at(monkeypatch, at: int):
     monkeypatch.setattr(sde.losses, "dsm_loss", wrapped)
 
 
-def test_nan_loss_with_a_batch_of_one_names_the_batch_size(tmp_path, monkeypatch):
-    _nan_loss_at(monkeypatch, 1)
-    with pytest.raises(NonFiniteLossError, match="with 1 example per process.*trainer.batch_size"):
-        run(compose_train([*TOY, "trainer.batch_size=1"]), tmp_path / "one")
-    _nan_loss_at(monkeypatch, 1)
+def test_nan_loss_names_the_batch_size_only_where_a_batch_of_one_is_the_cause(tmp_path,
+                                                                               monkeypatch):
+    """A batch of one breaks only batch statistics (BatchNorm): an MLP's NaN loss at batch size
+    1 blames the optimisation, as at batch size 4, and a BatchNorm network's the batch size."""
+    for batch_size in (1, 4):
+        _nan_loss_at(monkeypatch, 1)
+        with pytest.raises(NonFiniteLossError, match=r"\(the batch was finite\); lower optim.lr") \
+                as err:
+            run(compose_train([*TOY, f"trainer.batch_size={batch_size}"]), tmp_path / str(batch_size))
+        assert "trainer.batch_size" not in str(err.value)
+    nan = [torch.tensor(1.0), torch.tensor(float("nan"))]
+    batch_norm = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with pytest.raises(NonFiniteLossError, match=r"at step 8 with 1 example per process: the "
+                       r"network's batch statistics \(BatchNorm\).*raise trainer.batch_size"):
+        _check_finite(nan, 7, batch_size=1, modules=(torch.nn.Linear(2, 2), batch_norm))
     with pytest.raises(NonFiniteLossError, match=r"\(the batch was finite\); lower optim.lr"):
-        run(compose_train(TOY), tmp_path / "four")
+        _check_finite(nan, 7, batch_size=2, modules=(batch_norm,))
 
 
 def test_a_failing_sweep_point_does_not_abort_the_others(tmp_path):
@@ -133,3 +143,24 @@ def test_top_level_tags_become_wandb_tags(tmp_path):
     assert names == {"name": "vp_toy/2026-01-01_00-00-00", "group": None,
                      "tags": ["paper", "baseline", "lr-sweep"]}
     assert run_name(compose_train(["experiment=vp_toy", "logger=none"]), tmp_path) == {}
+
+
+def test_an_unwritable_run_folder_is_one_line_before_hydra_writes_there(tmp_path):
+    """Hydra writes train.log and .hydra/ into the run (or sweep) folder before `sde.train`'s code
+    runs; a folder that cannot be written (here: under a regular file, which fails for root too,
+    unlike a read-only mode) is one line and exit 2, not Hydra's traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    for folder in ("hydra.run.dir", "hydra.sweep.dir"):
+        args = ["-m"] if folder == "hydra.sweep.dir" else []
+        proc = subprocess.run([sys.executable, "-m", "sde.train", *args, *TOY,
+                               f"{folder}={blocker / 'run'}"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        what = "sweep" if args else "run"
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"sde.train: error: cannot write to the {what} directory {blocker / 'run'}: Not a "
+            "directory; free space, fix the permissions or choose another folder "
+            "(hydra.run.dir=DIR / out=...)")
