@@ -148,7 +148,9 @@ def _first_batch_scale(ae_run, seed=0, batch_size=4):
 
 
 def test_ldm_stores_the_first_batch_scale_factor(ldm_digits_run, ae_digits_run):
-    config = load_checkpoint(latest_checkpoint(ldm_digits_run))["config"]
+    ckpt = load_checkpoint(latest_checkpoint(ldm_digits_run))
+    config = ckpt["config"]
+    assert ckpt["step"] == 2 and [r["step"] for r in history(ldm_digits_run)] == [1, 2]
     expected, _ = _first_batch_scale(ae_digits_run)
     assert config["latent"]["scale_factor"] == pytest.approx(expected, rel=1e-5)
     assert config["latent"]["autoencoder"].startswith(str(ae_digits_run.resolve()))
