@@ -210,6 +210,53 @@ def test_latent_run_samples_and_decodes(ldm_digits_run, ae_digits_run, tmp_path)
     torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
 
 
+def test_latent_mask_is_known_only_where_all_its_pixels_are():
+    from sde.runs.inverse import latent_mask, make_mask
+
+    expected = torch.ones(1, 2, 4, 4)
+    expected[..., 1:3, 1:3] = 0  # the unknown 4x4 centre of an 8x8 image, f = 2
+    assert torch.equal(latent_mask(make_mask("center", (1, 8, 8)), 2, 2), expected)
+    one = torch.ones(1, 3, 8, 8)
+    one[0, 2, 5, 2] = 0  # one unknown pixel, in one channel: its whole 4x4 cell is unknown
+    expected = torch.ones(1, 4, 2, 2)
+    expected[..., 1, 0] = 0
+    assert torch.equal(latent_mask(one, 4, 4), expected)
+
+
+def test_latent_run_inpaints_in_latent_space(ldm_digits_run, tmp_path, monkeypatch):
+    """task=inpaint on a latent run: the masked images are encoded, the latent cells whose pixels
+    are all known are kept, the rest sampled; the decoded samples get the known pixels back."""
+    import numpy as np
+
+    import sde.sampling.controllable as controllable
+    from sde.runs import load_run
+    from sde.runs.inverse import inverse_run
+
+    seen, real = {}, controllable.inpaint
+
+    def spy(sde, score_fn, y, mask, **kwargs):
+        x, nfe = real(sde, score_fn, y, mask, **kwargs)
+        seen.update(y=y, mask=mask, x=x)
+        return x, nfe
+
+    monkeypatch.setattr(controllable, "inpaint", spy)
+    record = inverse_run(ldm_digits_run, task="inpaint", mask="left", n=2, device="cpu",
+                         sampler_options={"steps": 25}, out=tmp_path / "inpaint.npz")
+    with np.load(record["npz"]) as f:
+        inputs, known, samples = (torch.from_numpy(f[k]) for k in ("inputs", "mask", "samples"))
+    assert samples.shape == inputs.shape == (2, 1, 8, 8)
+    assert torch.equal(samples[..., :4], inputs[..., :4])  # the known left half
+    expected = torch.zeros(2, 2, 4, 4)
+    expected[..., :2] = 1
+    assert torch.equal(seen["mask"].float(), expected)
+    run = load_run(ldm_digits_run, device="cpu")
+    torch.testing.assert_close(seen["y"][..., :2], run.scaler(inputs * known)[..., :2])
+    torch.testing.assert_close(samples[..., 4:], run.inverse_scaler(seen["x"])[..., 4:])
+    with pytest.raises(ValueError, match="not defined on a latent run"):
+        inverse_run(ldm_digits_run, task="colorize", n=1, device="cpu",
+                    sampler_options={"steps": 5}, out=tmp_path / "colorize.npz")
+
+
 def test_evaluate_reports_latent_likelihood(ldm_digits_run):
     from sde.runs import evaluate_run
 
