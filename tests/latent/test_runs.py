@@ -269,6 +269,36 @@ def test_evaluate_reports_latent_likelihood(ldm_digits_run):
         evaluate_run(ldm_digits_run, metrics=["bpd"], device="cpu", progress=False)
 
 
+def test_fid_scores_the_decoded_samples_against_the_training_images(ldm_digits_run, tmp_path,
+                                                                   monkeypatch):
+    """sde.evaluate metrics=[fid] on a latent run hands FID the decoded images (what sde.sample
+    writes for the same seeds) and the training digits as reference, never latents (the FID
+    formula itself is checked in tests/cli/test_sample_evaluate.py)."""
+    import numpy as np
+
+    import sde.metrics.inception
+    import sde.runs.evaluate as evaluate_lib
+    from sde.runs import evaluate_run, sample_run
+
+    seen = {}
+
+    def quality(samples, net, data_cfg, **kwargs):
+        seen.update(samples=samples, reference=evaluate_lib.load_split(data_cfg, train=True))
+        return {"fid": 0.0}
+
+    monkeypatch.setattr(sde.metrics.inception, "load_inception", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate_lib, "image_quality", quality)
+    options = {"steps": 25}
+    evaluate_run(ldm_digits_run, metrics=["fid"], sampler_options=options, n=3, batch_size=3,
+                 device="cpu", progress=False)
+    record = sample_run(ldm_digits_run, n=3, batch_size=3, sampler_options=options,
+                        out=tmp_path / "s.npz", device="cpu", progress=False)
+    expected = torch.from_numpy(np.load(record["npz"])["samples"])
+    assert seen["samples"].shape == (3, 1, 8, 8)
+    torch.testing.assert_close(seen["samples"], expected, atol=1e-6, rtol=0)
+    assert seen["reference"].shape == (1500, 1, 8, 8)
+
+
 def test_an_autoencoder_run_is_not_a_score_run(ae_digits_run, ldm_digits_run):
     from sde.runs import load_run
     from sde.runs.load import load_autoencoder
