@@ -8,7 +8,9 @@
    the 297 test digits (8x8, f = 2, z = 2: 32 numbers per 64-pixel digit) and the held-out
    photo patches (32x32 RGB, f = 4, z = 4: 256 numbers per 3072 values). Reference rows: the
    mean training image, and area-downsampling by f then bilinear upsampling (3 (H/f)^2
-   numbers, fewer than the latent's).
+   numbers, fewer than the latent's). `psnr_autoencoder_train` is the same on the training
+   images: far above the held-out PSNR means the autoencoder overfits (the 416 photo patches
+   do after a few thousand steps; see docs/latent.md, Benchmark).
 2. Training seconds per step (forward, backward, Adam) of the same DDPM score network on
    32x32x3 images in pixel space and on their (4, 8, 8) latents: with cached latents, and with
    the frozen encoder run on every batch (on the fly).
@@ -72,19 +74,25 @@ def train_autoencoder(train, kwargs, steps, batch_size, seed=0):
     return ae.eval(), time.perf_counter() - start
 
 
+def _reconstruct(ae, images: torch.Tensor) -> torch.Tensor:
+    """decoder(posterior mean) of `images`, by batches of 128, clamped to [-1, 1]."""
+    return torch.cat([ae.decode(ae.encode(x).mode()) for x in images.split(128)]).clamp(-1, 1)
+
+
 @torch.no_grad()
 def reconstruction_rows(steps, batch_size):
     rows = []
     for name, train, test, kwargs in _datasets():
         with torch.enable_grad():
             ae, seconds = train_autoencoder(train, kwargs, steps, batch_size)
-        rec = torch.cat([ae.decode(ae.encode(x).mode()) for x in test.split(128)]).clamp(-1, 1)
+        rec = _reconstruct(ae, test)
         f = ae.downsample_factor
         small = F.avg_pool2d(test, f)
         upsampled = F.interpolate(small, scale_factor=f, mode="bilinear", align_corners=False)
         rows.append(dict(data=name, test_images=len(test), ae_steps=steps,
                          train_seconds=round(seconds, 1),
                          psnr_autoencoder=psnr(test, rec).mean().item(),
+                         psnr_autoencoder_train=psnr(train, _reconstruct(ae, train)).mean().item(),
                          psnr_downsample=psnr(test, upsampled).mean().item(),
                          psnr_mean_image=psnr(test, train.mean(0).expand_as(test)).mean().item()))
     return rows
@@ -144,7 +152,7 @@ def ae_run_row(ae_run) -> dict:
 
     ae, path = load_autoencoder(ae_run, device="cpu")
     test = digits(train=False).float() / 16 * 2 - 1
-    rec = torch.cat([ae.decode(ae.encode(x).mode()) for x in test.split(128)]).clamp(-1, 1)
+    rec = _reconstruct(ae, test)
     return dict(run=str(path), test_images=len(test), psnr_heldout=psnr(test, rec).mean().item())
 
 

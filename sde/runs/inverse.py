@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sde.runs.env import check_int, resolve_device, sample_seeds
 from sde.runs.figures import is_image_shape, save_image_grid
@@ -72,6 +73,18 @@ def _mask_file(path: Path, shape) -> torch.Tensor:
     return m.expand(m.shape[0], shape[0], *shape[1:])
 
 
+def image_shape_of(run) -> tuple:
+    """The shape of one of the run's images: its data shape, or a latent run's decoded shape."""
+    return tuple(run.image_shape if getattr(run, "latent", None) is not None else run.shape)
+
+
+def latent_mask(mask: torch.Tensor, f: int, channels: int) -> torch.Tensor:
+    """A pixel mask (N, C, H, W) seen on latents downsampled by f: a latent cell is known only
+    when all f x f pixels of it, in every channel, are known -> (N, channels, H / f, W / f)."""
+    known = -F.max_pool2d(-mask.amin(1, keepdim=True), f)  # min over each f x f block
+    return known.expand(-1, channels, -1, -1)
+
+
 def load_inputs(data, run, n: int) -> torch.Tensor:
     """n input images in [0, 1] (n, C, H, W): the first n of `data` (an .npz of images in
     [0, 1], key `images`, `samples` or its only array; or uint8 0..255), or, for data=None, of
@@ -86,9 +99,10 @@ def load_inputs(data, run, n: int) -> torch.Tensor:
         raw = load_source("digits", train=False).float() / (section["levels"] - 1)
     else:
         raw = _images_file(Path(data))
-    if tuple(raw.shape[1:]) != tuple(run.shape):
+    shape = image_shape_of(run)
+    if tuple(raw.shape[1:]) != shape:
         raise ValueError(f"data={data}: images shaped {tuple(raw.shape[1:])}, but the run "
-                         f"makes {tuple(run.shape)}")
+                         f"makes {shape}")
     if len(raw) < n:
         raise ValueError(f"data={data} holds {len(raw)} images; n={n} needs as many")
     return raw[:n]
@@ -134,6 +148,12 @@ def solve(run, task: str, inputs: torch.Tensor, mask: torch.Tensor, *, method: s
     steps, options = _pc_options(sampler_options)
     sde = with_steps(run.sde, steps) if steps is not None else run.sde
     generator = PerSampleGenerator(sample_seeds(seed, len(inputs)), device=torch.device(device))
+    if getattr(run, "latent", None) is not None:
+        if task != "inpaint":
+            raise ValueError(f"task={task} is not defined on a latent run (a grey image is no "
+                             "mask on latents); use task=inpaint, or a pixel-space run")
+        return _latent_inpaint(run, sde, inputs, mask, method=method, generator=generator,
+                               options=options, device=device)
     y = run.scaler(inputs).to(device)  # (n, C, H, W) model space
     if task == "inpaint":
         m = mask.expand_as(y).to(device)
@@ -145,6 +165,19 @@ def solve(run, task: str, inputs: torch.Tensor, mask: torch.Tensor, *, method: s
         x, _ = colorize(sde, run.score_fn, y.mean(1, keepdim=True), method=method,
                         generator=generator, **options)
     return run.inverse_scaler(x.float().cpu()).clamp(0, 1)
+
+
+def _latent_inpaint(run, sde, inputs, mask, *, method, generator, options, device):
+    """Inpainting in a latent run's latent space (Blended Latent Diffusion, Avrahami et al.
+    2023): the masked images are encoded, the latent cells whose pixels are all known are kept
+    (`latent_mask`), the rest sampled; the decoded images get the known pixels back."""
+    from sde.sampling.controllable import inpaint
+
+    y = run.scaler(inputs * mask).to(device)  # the unknown pixels are never seen
+    m = latent_mask(mask, run.latent.autoencoder.downsample_factor, y.shape[1]).to(device)
+    z, _ = inpaint(sde, run.score_fn, y * m, m, method=method, generator=generator, **options)
+    decoded = run.inverse_scaler(z.float().cpu()).clamp(0, 1)
+    return torch.where(mask.bool(), inputs, decoded)
 
 
 def inverse_run(run=None, *, task: str, mask="center", data=None, n: int = 8, seed: int = 0,
@@ -165,13 +198,13 @@ def inverse_run(run=None, *, task: str, mask="center", data=None, n: int = 8, se
     check_writable(target.parent, what="output folder")
     device = resolve_device(device)
     loaded = load_run(path, ema=ema, device=device)
-    if not is_image_shape(loaded.shape):
+    shape = image_shape_of(loaded)
+    if not is_image_shape(shape):
         raise ValueError(f"task={task} needs an image model; this run's data is shaped "
-                         f"{list(loaded.shape)}")
+                         f"{list(shape)}")
     inputs = load_inputs(data, loaded, n)
-    known = (make_mask(mask, loaded.shape, seed=seed) if task == "inpaint"
-             else torch.zeros(1, *loaded.shape))
-    known = known.expand(n, *loaded.shape) if len(known) == 1 else known[:n]
+    known = (make_mask(mask, shape, seed=seed) if task == "inpaint" else torch.zeros(1, *shape))
+    known = known.expand(n, *shape) if len(known) == 1 else known[:n]
     if len(known) != n:
         raise ValueError(f"mask file holds {len(known)} masks; n={n} needs 1 or n")
     samples = solve(loaded, task, inputs, known, method=method, sampler_options=sampler_options,

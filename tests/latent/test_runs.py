@@ -148,7 +148,9 @@ def _first_batch_scale(ae_run, seed=0, batch_size=4):
 
 
 def test_ldm_stores_the_first_batch_scale_factor(ldm_digits_run, ae_digits_run):
-    config = load_checkpoint(latest_checkpoint(ldm_digits_run))["config"]
+    ckpt = load_checkpoint(latest_checkpoint(ldm_digits_run))
+    config = ckpt["config"]
+    assert ckpt["step"] == 2 and [r["step"] for r in history(ldm_digits_run)] == [1, 2]
     expected, _ = _first_batch_scale(ae_digits_run)
     assert config["latent"]["scale_factor"] == pytest.approx(expected, rel=1e-5)
     assert config["latent"]["autoencoder"].startswith(str(ae_digits_run.resolve()))
@@ -208,6 +210,53 @@ def test_latent_run_samples_and_decodes(ldm_digits_run, ae_digits_run, tmp_path)
     torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
 
 
+def test_latent_mask_is_known_only_where_all_its_pixels_are():
+    from sde.runs.inverse import latent_mask, make_mask
+
+    expected = torch.ones(1, 2, 4, 4)
+    expected[..., 1:3, 1:3] = 0  # the unknown 4x4 centre of an 8x8 image, f = 2
+    assert torch.equal(latent_mask(make_mask("center", (1, 8, 8)), 2, 2), expected)
+    one = torch.ones(1, 3, 8, 8)
+    one[0, 2, 5, 2] = 0  # one unknown pixel, in one channel: its whole 4x4 cell is unknown
+    expected = torch.ones(1, 4, 2, 2)
+    expected[..., 1, 0] = 0
+    assert torch.equal(latent_mask(one, 4, 4), expected)
+
+
+def test_latent_run_inpaints_in_latent_space(ldm_digits_run, tmp_path, monkeypatch):
+    """task=inpaint on a latent run: the masked images are encoded, the latent cells whose pixels
+    are all known are kept, the rest sampled; the decoded samples get the known pixels back."""
+    import numpy as np
+
+    import sde.sampling.controllable as controllable
+    from sde.runs import load_run
+    from sde.runs.inverse import inverse_run
+
+    seen, real = {}, controllable.inpaint
+
+    def spy(sde, score_fn, y, mask, **kwargs):
+        x, nfe = real(sde, score_fn, y, mask, **kwargs)
+        seen.update(y=y, mask=mask, x=x)
+        return x, nfe
+
+    monkeypatch.setattr(controllable, "inpaint", spy)
+    record = inverse_run(ldm_digits_run, task="inpaint", mask="left", n=2, device="cpu",
+                         sampler_options={"steps": 25}, out=tmp_path / "inpaint.npz")
+    with np.load(record["npz"]) as f:
+        inputs, known, samples = (torch.from_numpy(f[k]) for k in ("inputs", "mask", "samples"))
+    assert samples.shape == inputs.shape == (2, 1, 8, 8)
+    assert torch.equal(samples[..., :4], inputs[..., :4])  # the known left half
+    expected = torch.zeros(2, 2, 4, 4)
+    expected[..., :2] = 1
+    assert torch.equal(seen["mask"].float(), expected)
+    run = load_run(ldm_digits_run, device="cpu")
+    torch.testing.assert_close(seen["y"][..., :2], run.scaler(inputs * known)[..., :2])
+    torch.testing.assert_close(samples[..., 4:], run.inverse_scaler(seen["x"])[..., 4:])
+    with pytest.raises(ValueError, match="not defined on a latent run"):
+        inverse_run(ldm_digits_run, task="colorize", n=1, device="cpu",
+                    sampler_options={"steps": 5}, out=tmp_path / "colorize.npz")
+
+
 def test_evaluate_reports_latent_likelihood(ldm_digits_run):
     from sde.runs import evaluate_run
 
@@ -218,6 +267,36 @@ def test_evaluate_reports_latent_likelihood(ldm_digits_run):
     assert values["latent_bpd"] == pytest.approx(values["latent_nll"] / (32 * math.log(2)))
     with pytest.raises(ValueError, match="latent_nll"):
         evaluate_run(ldm_digits_run, metrics=["bpd"], device="cpu", progress=False)
+
+
+def test_fid_scores_the_decoded_samples_against_the_training_images(ldm_digits_run, tmp_path,
+                                                                   monkeypatch):
+    """sde.evaluate metrics=[fid] on a latent run hands FID the decoded images (what sde.sample
+    writes for the same seeds) and the training digits as reference, never latents (the FID
+    formula itself is checked in tests/cli/test_sample_evaluate.py)."""
+    import numpy as np
+
+    import sde.metrics.inception
+    import sde.runs.evaluate as evaluate_lib
+    from sde.runs import evaluate_run, sample_run
+
+    seen = {}
+
+    def quality(samples, net, data_cfg, **kwargs):
+        seen.update(samples=samples, reference=evaluate_lib.load_split(data_cfg, train=True))
+        return {"fid": 0.0}
+
+    monkeypatch.setattr(sde.metrics.inception, "load_inception", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate_lib, "image_quality", quality)
+    options = {"steps": 25}
+    evaluate_run(ldm_digits_run, metrics=["fid"], sampler_options=options, n=3, batch_size=3,
+                 device="cpu", progress=False)
+    record = sample_run(ldm_digits_run, n=3, batch_size=3, sampler_options=options,
+                        out=tmp_path / "s.npz", device="cpu", progress=False)
+    expected = torch.from_numpy(np.load(record["npz"])["samples"])
+    assert seen["samples"].shape == (3, 1, 8, 8)
+    torch.testing.assert_close(seen["samples"], expected, atol=1e-6, rtol=0)
+    assert seen["reference"].shape == (1500, 1, 8, 8)
 
 
 def test_an_autoencoder_run_is_not_a_score_run(ae_digits_run, ldm_digits_run):
