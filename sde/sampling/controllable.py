@@ -15,6 +15,7 @@ import math
 import torch
 
 from sde.sampling.correctors import get_corrector
+from sde.sampling.pc import check_chain
 from sde.sampling.predictors import NonePredictor, get_predictor
 from sde.utils import CountedScore, append_dims, batch_time, check_eps, lookup, randn, randn_like
 
@@ -27,11 +28,18 @@ def _grid(sde, eps: float) -> list[float]:
     return t[t <= sde.sampling_T].tolist()
 
 
-def _steppers(sde, score_fn, predictor, corrector, snr, n_steps, corrector_options=None):
-    """The predictor and corrector objects of `sde.sampling`, by name."""
+def _steppers(sde, score_fn, predictor, corrector, snr, n_steps, eps, corrector_options=None):
+    """The predictor and corrector objects of `sde.sampling`, by name, checked on the grid (a VP
+    chain with N <= beta_max is refused before any step, as in `pc_sample`)."""
     predictor_obj = get_predictor(predictor)(sde, score_fn, False)
     corrector_obj = get_corrector(corrector)(sde, score_fn, snr, n_steps, **(corrector_options or {}))
+    _check_grid(sde, predictor_obj, corrector_obj, eps)
     return predictor_obj, corrector_obj
+
+
+def _check_grid(sde, predictor_obj, corrector_obj, eps: float) -> None:
+    grid = torch.tensor(_grid(sde, eps), dtype=torch.float64)
+    check_chain(sde, predictor_obj, corrector_obj, grid, what="inpaint / colorize / dps")
 
 
 def _replace(sde, x, x_mean, y, known, t, generator):
@@ -68,7 +76,7 @@ def _replacement(sde, score_fn, y, known, *, predictor, corrector, snr, n_steps,
     `resample` = r > 1, RePaint's resampling: r passes per step, each but the last followed by a
     forward jump back to the step's start (Lugmayr et al. 2022, Alg. 1, jump length 1)."""
     predictor_obj, corrector_obj = _steppers(sde, score_fn, predictor, corrector, snr, n_steps,
-                                             corrector_options)
+                                             eps, corrector_options)
     x = _start(sde, y, known, generator)  # (B, ...)
     x_mean = x
     grid = _grid(sde, eps)
@@ -123,8 +131,9 @@ def _dps(sde, score_fn, shape, y, operator, *, predictor, corrector, snr, n_step
     after each predictor step, x <- x - zeta_i grad_x |y - A x0_hat(x_t)|^2 with
     zeta_i = zeta / |y - A x0_hat|."""
     reuse = _ReuseScore(score_fn)
-    predictor_obj, _ = _steppers(sde, reuse, predictor, "none", snr, n_steps)
-    _, corrector_obj = _steppers(sde, score_fn, "none", corrector, snr, n_steps, corrector_options)
+    predictor_obj, _ = _steppers(sde, reuse, predictor, "none", snr, n_steps, eps)
+    _, corrector_obj = _steppers(sde, score_fn, "none", corrector, snr, n_steps, eps,
+                                 corrector_options)
     x = sde.prior_sampling(shape, generator, device=y.device, dtype=y.dtype)  # (B, ...)
     x_mean = x
     for t in _grid(sde, eps):
@@ -227,6 +236,7 @@ def _smc(sde, score_fn, y, known, *, predictor, corrector, snr, n_steps, eps, ge
     predictor_obj = get_predictor(predictor)(sde, score_fn, False)
     if isinstance(predictor_obj, NonePredictor):
         raise ValueError("method='smc' needs a stochastic predictor, not 'none'")
+    _check_grid(sde, predictor_obj, None, eps)
     b, k = y.shape[0], int(particles)
     y_k, known_k = y.repeat_interleave(k, 0), known.repeat_interleave(k, 0)  # (B*K, ...)
     x = sde.prior_sampling(y_k.shape, generator, device=y.device, dtype=y.dtype)
@@ -427,6 +437,7 @@ def smc_linear_inverse(sde, score_fn, y, A, shape, *, noise_std=0.0, particles=1
     y_k = y.to(torch.float64).repeat_interleave(k, 0)  # (B*K, M)
     counted = CountedScore(score_fn)
     predictor_obj = get_predictor(predictor)(sde, counted, False)
+    _check_grid(sde, predictor_obj, None, eps)
     x = sde.prior_sampling((b * k, *shape[1:]), generator, device=y.device, dtype=y.dtype)
     log_w = torch.zeros(b, k, dtype=torch.float64, device=y.device)
     log_g = torch.zeros(b * k, dtype=torch.float64, device=y.device)

@@ -46,16 +46,17 @@ def pc_sample(sde, score_fn, shape, *, predictor="reverse_diffusion", corrector=
     return x, counted.nfe
 
 
-def check_chain(sde, predictor, corrector, timesteps: torch.Tensor) -> None:
-    """Raise a ValueError, before any sampling, if the predictor's or the corrector's discrete
-    steps are invalid on this grid (VP's DDPM chain with N <= beta_max has betas >= 1: NaN)."""
+def check_chain(sde, predictor, corrector, timesteps: torch.Tensor, what: str = "pc_sample") -> None:
+    """Raise a ValueError, before any sampling, if the predictor's or the corrector's (None: no
+    corrector) discrete steps are invalid on this grid (VP's DDPM chain with N <= beta_max has
+    betas >= 1: NaN). `what` names the caller in the message."""
+    steppers = [s for s in (predictor, corrector) if s is not None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SDE's own warning; the error below replaces it
-        problems = [p for p in (predictor.check_steps(timesteps), corrector.check_steps(timesteps))
-                    if p]
+        problems = [p for p in (s.check_steps(timesteps) for s in steppers) if p]
     if problems:
         raise ValueError(
-            f"pc_sample on {sde!r}: {'; '.join(problems)}. The discrete chain needs more steps: "
+            f"{what} on {sde!r}: {'; '.join(problems)}. The discrete chain needs more steps: "
             f"for VP / sub-VP its betas beta_max / N must stay below 1, so use N (sampler.steps) "
             f"> beta_max, or a continuous-time sampler (predictor='euler_maruyama' with "
             f"corrector='none', sampler=ode, or a fast sampler such as dpm_solver_pp)")

@@ -193,6 +193,21 @@ def test_bad_input_raises_clearly():
         sampling.inpaint(sde, score, Y, MASK, eps=0.0)
 
 
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_vp_chain_with_too_few_steps_is_refused_before_sampling(method):
+    """N <= beta_max makes VP's DDPM betas >= 1 (NaN downstream): one clear error up front, as
+    pc_sample gives, rather than a NaN error after the work."""
+    name, options, _ = METHODS[method]
+    sde = VPSDE(N=5)
+    go = lambda: sampling.inpaint(sde, MIXTURE.score_fn(sde), Y, MASK, method=name,  # noqa: E731
+                                  generator=torch.Generator().manual_seed(0), **options)
+    if options.get("predictor") == "euler_maruyama":  # continuous-time steps: valid at any N
+        assert torch.isfinite(go()[0]).all()
+        return
+    with pytest.raises(ValueError, match=r"N \(sampler.steps\) > beta_max"):
+        go()
+
 # --- SMC converges to the exact posterior -------------------------------------------------
 POSTERIOR_MIX = GaussianMixture([[-1.5, -1.0], [1.5, 0.0], [0.0, 1.5]],
                                 [[0.4, 0.6], [0.5, 0.5], [0.3, 0.7]], [0.4, 0.35, 0.25])
