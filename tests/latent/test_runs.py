@@ -276,18 +276,24 @@ def test_fid_scores_the_decoded_samples_against_the_training_images(ldm_digits_r
     formula itself is checked in tests/cli/test_sample_evaluate.py)."""
     import numpy as np
 
+    import sde.metrics.fid
     import sde.metrics.inception
     import sde.runs.evaluate as evaluate_lib
     from sde.runs import evaluate_run, sample_run
 
     seen = {}
 
-    def quality(samples, net, data_cfg, **kwargs):
-        seen.update(samples=samples, reference=evaluate_lib.load_split(data_cfg, train=True))
+    def features(net, batches, **kwargs):  # what the Inception would see
+        seen["samples"] = torch.cat(list(batches))
+        return torch.zeros(len(seen["samples"]), 2048), torch.zeros(len(seen["samples"]), 1008)
+
+    def quality(features, logits, net, data_cfg, **kwargs):
+        seen["reference"] = evaluate_lib.load_split(data_cfg, train=True)
         return {"fid": 0.0}
 
     monkeypatch.setattr(sde.metrics.inception, "load_inception", lambda *a, **k: None)
-    monkeypatch.setattr(evaluate_lib, "image_quality", quality)
+    monkeypatch.setattr(sde.metrics.fid, "extract_features", features)
+    monkeypatch.setattr(evaluate_lib, "feature_quality", quality)
     options = {"steps": 25}
     evaluate_run(ldm_digits_run, metrics=["fid"], sampler_options=options, n=3, batch_size=3,
                  device="cpu", progress=False)
