@@ -106,11 +106,30 @@ def oracle_teacher(mixture: GaussianMixture, sde=None, *, spec: str = "") -> Tea
     from sde.sdes import VPSDE
 
     sde = sde or VPSDE()
+    params = {"means": mixture.means.tolist(), "stds": mixture.stds.tolist(),
+              "weights": mixture.weights.tolist()}
     config = {"sde": {"_target_": f"{type(sde).__module__}.{type(sde).__name__}", **sde.hparams()},
-              "data": {"name": "oracle", "shape": list(mixture.event_shape), "levels": None,
-                       "centered": False}}
+              "data": {"name": "oracle", "mixture": params, "shape": list(mixture.event_shape),
+                       "levels": None, "centered": False}}
     return Teacher(sde=sde, denoiser=mixture.denoiser(sde), data=OracleData(mixture),
                    config=config, spec=spec or "oracle", mixture=mixture)
+
+
+def run_data(data_cfg: dict, path):
+    """The training set of a run's stored `data` section (its `fingerprint` is checked, not
+    passed on: a changed source is logged, the distillation goes on)."""
+    import logging
+
+    from sde.data import Dataset
+
+    options = {k: v for k, v in data_cfg.items() if k != "fingerprint"}
+    data = Dataset(**options)
+    stored = data_cfg.get("fingerprint")
+    if stored is not None and getattr(data, "fingerprint", stored) != stored:
+        logging.getLogger("sde.distill").warning(
+            "the data of teacher %s changed since it was trained (fingerprint %s, now %s)",
+            path, stored, data.fingerprint)
+    return data
 
 
 def run_teacher(path, *, data=None, device=None) -> Teacher:
@@ -119,10 +138,12 @@ def run_teacher(path, *, data=None, device=None) -> Teacher:
     from sde.run import load_run
 
     run = load_run(path, device=device)
+    if run.latent is not None:
+        raise ValueError(f"{path} is a latent run (its network denoises an autoencoder's "
+                         "latents): distilling latent runs is not supported; use a pixel-space "
+                         "run (e.g. experiment=vp_digits) as the teacher")
     if data is None:
-        from sde.data import Dataset
-
-        data = Dataset(**run.config["data"])
+        data = run_data(run.config["data"], path)
     return Teacher(sde=run.sde, denoiser=get_denoiser_fn(run.sde, run.score_fn), data=data,
                    net=run.model, config=run.config, spec=str(path))
 
