@@ -194,6 +194,37 @@ def test_every_method_gives_a_samplable_run(tmp_path, method_name):
     torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-3)  # Tweedie round trip in float32
 
 
+def test_oracle_run_samples_and_evaluates_like_any_other(tmp_path):
+    """A student of an oracle teacher: its data section is the mixture itself, so sde.evaluate
+    scores it against exact held-out samples; sampler=distilled without `noise` samples with
+    the noise the run was distilled for (fresh for consistency), not DDIM."""
+    from sde.oracle import GaussianMixture
+    from sde.runs.evaluate import evaluate_run, load_split
+    from sde.runs.sampling import draw_samples
+
+    method, config, teacher = _distiller("consistency", init_steps=1, steps=1)
+    distill(method, teacher.data, run_dir=tmp_path, config=config,
+            settings=DistillSettings(batch_size=8, log_every=0))
+    run = load_run(tmp_path, device="cpu")
+    mixture = GaussianMixture(**run.config["data"]["mixture"])
+    torch.testing.assert_close(mixture.means, teacher.mixture.means)
+    torch.testing.assert_close(mixture.stds, teacher.mixture.stds)
+    train, held_out = (load_split(run.config["data"], train=t, n=500) for t in (True, False))
+    assert held_out.shape == (500, 2) and not torch.equal(train, held_out)
+    assert held_out.norm(dim=1).mean().item() == pytest.approx(2.0, abs=0.1)  # the ring's radius
+    x, *_ = draw_samples(run, sampler="distilled", sampler_options={"steps": 2}, n=16,
+                         progress=False)
+    fresh, *_ = draw_samples(run, sampler="distilled", progress=False, n=16,
+                             sampler_options={"steps": 2, "noise": "fresh"})
+    ddim, *_ = draw_samples(run, sampler="distilled", progress=False, n=16,
+                            sampler_options={"steps": 2, "noise": "ddim"})
+    assert torch.equal(x, fresh) and not torch.allclose(x, ddim)
+    values = evaluate_run(tmp_path, metrics=["toy"], sampler="distilled",
+                          sampler_options={"steps": 2}, n=64, resolution=4, trajectories=2,
+                          device="cpu", progress=False)
+    assert values["sample_nfe"] == 2 and values["energy_distance"] > 0
+
+
 @pytest.mark.parametrize("spec, match", [
     ("oracle:moon", "unknown oracle teacher"),
     ("oracle:ring:k", "key=value"),
@@ -237,21 +268,37 @@ def test_entry_composes_runs_and_resumes(tmp_path):
     assert config["sampler"] == {"name": "distilled", "steps": 1, "noise": "fresh"}
 
 
-@pytest.fixture
-def toy_run(tmp_path):
-    """A (random-weight) trained-run checkpoint: eps-predicting MLP on two moons under VPSDE
-    (seed 123: not the weights a fresh student would get from make_distiller's seed 0)."""
-    torch.manual_seed(123)
-    config = {"sde": {"_target_": "sde.sdes.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "N": 1000},
-              "model": {**TINY, "hidden": 8},
-              "score": {"prediction": "eps", "time_input": "t", "time_scale": 999.0},
-              "data": {"name": "two_moons", "n": 256, "seed": 0, "shape": [2], "levels": None,
-                       "centered": False}}
-    net = MLP(dim=2, hidden=8, num_layers=1)
-    ckpt_lib.save_checkpoint({"model": net.state_dict(), "ema": net.state_dict(),
-                              "optimizer": {}, "rng": ckpt_lib.rng_state(), "config": config},
-                             tmp_path / "teacher", 10)
-    return tmp_path / "teacher"
+def _train_teacher(run_dir, overrides):
+    """A real 2-step training run (the training entry's `run`): its stored config is what a
+    user's teacher has (data fingerprint and shape included)."""
+    from hydra import compose, initialize_config_dir
+
+    from sde.runs.paths import CONFIG_DIR
+    from sde.train import run
+
+    common = ["logger=none", "trainer.steps=2", "trainer.checkpoint_every=2",
+              "trainer.sample_every=0", "trainer.eval_every=0", "trainer.progress=false",
+              "trainer.device=cpu", "trainer.batch_size=8"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose("train", overrides=common + overrides)
+    run(cfg, run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A trained-run teacher: eps-predicting MLP on two moons under VPSDE (seed 123: not the
+    weights a fresh student would get from make_distiller's seed 0)."""
+    return _train_teacher(tmp_path_factory.mktemp("teacher") / "vp_toy", [
+        "experiment=vp_toy", "data.name=two_moons", "data.n=256", "model.hidden=8",
+        "model.num_layers=1", "seed=123"])
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory):
+    """A trained U-Net teacher on the 8x8 digits (tiny DDPM++)."""
+    return _train_teacher(tmp_path_factory.mktemp("teacher") / "vp_digits", [
+        "experiment=vp_digits", "model.nf=8", "model.ch_mult=[1]", "model.num_groups=4"])
 
 
 @pytest.mark.parametrize("method_name", sorted(OPTIONS))
@@ -273,27 +320,16 @@ def test_run_teacher_student_starts_from_its_weights(tmp_path, toy_run, method_n
 
 
 @pytest.mark.parametrize("method_name", sorted(OPTIONS))
-def test_image_run_teacher(tmp_path, method_name):
+def test_image_run_teacher(tmp_path, digits_teacher, method_name):
     """A U-Net teacher on 8x8 digits: every method runs 2 steps (ADD's heads hook its Conv2d
-    layers) and the student samples (B, 1, 8, 8)."""
-    model = {"_target_": "sde.models.ncsnpp.NCSNpp", "image_size": 8, "in_channels": 1,
-             "nf": 8, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
-             "dropout": 0.0, "num_groups": 4}
-    config = {"sde": {"_target_": "sde.sdes.VPSDE", "beta_min": 0.1, "beta_max": 20.0, "N": 1000},
-              "model": model,
-              "score": {"prediction": "eps", "time_input": "t", "time_scale": 999.0},
-              "data": {"name": "digits", "shape": [1, 8, 8], "levels": 17, "centered": True}}
-    from hydra.utils import instantiate
-
-    net = instantiate(model)
-    ckpt_lib.save_checkpoint({"model": net.state_dict(), "ema": net.state_dict(),
-                              "optimizer": {}, "rng": ckpt_lib.rng_state(), "config": config},
-                             tmp_path / "teacher", 1)
-    teacher = load_teacher(str(tmp_path / "teacher"), device="cpu")
+    layers) on the run's own data, and the student samples (B, 1, 8, 8)."""
+    teacher = load_teacher(str(digits_teacher), device="cpu")
+    assert teacher.data.shape == (1, 8, 8) and teacher.data.name == "digits"
     method, cfg = make_distiller(method_name, teacher, **OPTIONS[method_name])
     distill(method, teacher.data, run_dir=tmp_path / "student", config=cfg,
             settings=DistillSettings(batch_size=4, log_every=0), steps=2)
     run = load_run(tmp_path / "student", device="cpu")
+    assert run.config["data"]["name"] == "digits"
     x, nfe = distilled_sample(run.sde, run.score_fn, (3, 1, 8, 8), steps=2, generator=_gen())
     assert x.shape == (3, 1, 8, 8) and nfe == 2 and torch.isfinite(x).all()
 
