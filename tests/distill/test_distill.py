@@ -285,6 +285,34 @@ def _train_teacher(run_dir, overrides):
     return run_dir
 
 
+@pytest.mark.slow
+def test_entry_logs_to_wandb_offline_and_resumes_the_same_run(tmp_path, monkeypatch):
+    """logger=wandb: the distillation's rows go to an offline W&B run in the run directory, and
+    a resumed distillation continues that W&B run (its id kept in wandb_id.txt)."""
+    from hydra import compose, initialize_config_dir
+
+    from sde.distill.__main__ import CONFIG_DIR, run
+    from sde.runs.logger import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logged, wandb_log = [], WandbLogger.log
+    monkeypatch.setattr(WandbLogger, "log", lambda self, metrics, step: (
+        logged.append((step, sorted(metrics))), wandb_log(self, metrics, step)))
+    overrides = ["teacher='oracle:ring:k=4'", "method=add", "common.init_steps=1",
+                 "model.hidden=8", "model.num_layers=1", "trainer.batch_size=4",
+                 "trainer.log_every=1", "device=cpu", "logger=wandb", "logger.project=test"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="distill/distill", overrides=[*overrides, "add.steps=1"])
+    run(cfg, tmp_path)
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    (offline,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    assert list(offline.glob("*.wandb"))
+    assert [step for step, _ in logged] == [1, 2]  # the warm-start step, then one ADD step
+    assert {"loss", "adv_g", "disc"} <= set(logged[-1][1])
+    run(cfg, tmp_path)  # the same command again: resumes the same W&B run
+    assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
+
+
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     """A trained-run teacher: eps-predicting MLP on two moons under VPSDE (seed 123: not the
