@@ -41,17 +41,27 @@ class Teacher:
     spec: str = ""
     mixture: GaussianMixture | None = None
 
-    def student_net(self, default: dict | None = None) -> tuple[nn.Module, dict, dict]:
+    def student_net(self, default: dict | None = None, prediction: str | None = None
+                    ) -> tuple[nn.Module, dict, dict]:
         """(a trainable copy of the teacher's network, its model config, its score options); for
-        an oracle teacher a fresh network built from `default` (a model config), predicting x0."""
+        an oracle teacher a fresh network built from `default` (a model config), predicting
+        `prediction`: x0 (default) or v (Salimans & Ho 2022, Sec. 4)."""
         if self.net is not None:
-            net = copy.deepcopy(self.net).train().requires_grad_(True)
-            return net, self.config["model"], dict(self.config.get("score", {}))
+            score = dict(self.config.get("score", {}))
+            own = score.get("prediction", "eps")
+            if prediction not in (None, own):
+                raise ValueError(f"the student starts from the teacher's weights, so it predicts "
+                                 f"what the teacher does ({own}), not {prediction}: leave "
+                                 "prediction unset, or train the teacher with "
+                                 f"score.prediction={prediction}")
+            return copy.deepcopy(self.net).train().requires_grad_(True), self.config["model"], score
         from hydra.utils import instantiate
 
         if default is None:
             raise ValueError("an oracle teacher has no network: give the student's model config")
-        score = {"prediction": "x0", "time_input": "t", "time_scale": 999.0}
+        if prediction not in (None, "x0", "v"):
+            raise ValueError(f"an oracle teacher's student predicts x0 or v, not {prediction!r}")
+        score = {"prediction": prediction or "x0", "time_input": "t", "time_scale": 999.0}
         return instantiate(default), dict(default), score
 
 
