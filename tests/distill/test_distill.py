@@ -23,7 +23,7 @@ from sde.distill.progressive import two_step_target
 from sde.distill.sampling import ddim_step, sample_with_denoiser
 from sde.models.mlp import MLP
 from sde.run import load_run
-from sde.sdes import VPSDE
+from sde.sdes import VPSDE, SubVPSDE
 from sde.training import checkpoint as ckpt_lib
 
 RING = "oracle:ring:k=4,radius=2.0,std=0.3"
@@ -90,22 +90,25 @@ def test_one_progressive_round_matches_teacher_at_twice_the_steps(tmp_path, pred
     assert _rms(s4, t8) < _rms(t4, t8) / 3
 
 
-def test_v_student_denoises_by_the_closed_form():
-    """A v-predicting student's x0 is (alpha x - std v) / (alpha^2 + std^2) (Salimans & Ho 2022,
-    Sec. 4; alpha^2 + std^2 = 1 for VP), checked with a network that outputs a known v, down
-    to alpha ~ 0.007 at t = 1 where going through eps would divide by alpha."""
-    sde = VPSDE()
-
-    class ConstantV(torch.nn.Module):
-        def forward(self, x, cond):
-            return torch.full_like(x, 0.5)
-
-    student = Student(ConstantV(), sde, score={"prediction": "v", "time_input": "t"})
-    x = torch.randn(4, 2, generator=_gen(), dtype=torch.float64)
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE()], ids=["vp", "subvp"])
+def test_v_student_recovers_x0_from_the_true_v(sde):
+    """With x_t = alpha x0 + std eps and v = alpha eps - std x0 (Salimans & Ho 2022, Sec. 4), a
+    v-predicting student whose network outputs the true v returns x0: alpha x_t - std v =
+    (alpha^2 + std^2) x0 (not 1 under sub-VP), down to alpha ~ 0.007 at t = T where going
+    through eps would divide by alpha."""
+    x0 = torch.randn(4, 2, generator=_gen(1), dtype=torch.float64)
+    eps = torch.randn(4, 2, generator=_gen(2), dtype=torch.float64)
     for time in (1.0, 0.5, 1e-3):
         t = torch.full((4,), time, dtype=torch.float64)
         alpha, std = sde.marginal_coeffs(t[:1])
-        torch.testing.assert_close(student(x, t), alpha * x - std * 0.5)
+        x_t, v = alpha * x0 + std * eps, alpha * eps - std * x0
+
+        class TrueV(torch.nn.Module):
+            def forward(self, x, cond, v=v):
+                return v
+
+        student = Student(TrueV(), sde, score={"prediction": "v", "time_input": "t"})
+        torch.testing.assert_close(student(x_t, t), x0)
 
 
 def test_run_teacher_student_keeps_the_teachers_parametrisation(toy_run):
