@@ -9,7 +9,8 @@ the same interface and the same batches.
 
 Image data (`levels` set: 17 for the 8x8 digits, 256 for 8-bit images) is mapped to [0, 1] as
 x / (levels - 1), or with uniform dequantization as (x + u) / levels, u ~ U[0, 1); then to
-[-1, 1] when `centered`. Continuous data (`levels: null`: toy sets, `npz`) is used as is.
+[-1, 1] when `centered`. Continuous data (`levels: null`: toy sets, `npz`, the `oracle` mixture
+of a run distilled from an exact teacher) is used as is.
 Every dataset has a `fingerprint` (str) of its source, to tell a resume on other data.
 
 Class labels (`data.labels: true`, digits and in-memory CIFAR-10): `labels` (N,) int64 and
@@ -31,7 +32,8 @@ from sde.data.sources import DataError
 log = logging.getLogger("sde.data")
 
 IMAGE_SOURCES = ("digits", "cifar10", "folder", "photos")
-CONTINUOUS_SOURCES = ("npz", *toy.TOY_SETS)
+CONTINUOUS_SOURCES = ("npz", "oracle", *toy.TOY_SETS)
+GENERATED_SOURCES = ("oracle", *toy.TOY_SETS)  # drawn from data.seed (held-out split: seed + 1)
 STREAM_SOURCES = ("cifar10", "folder")
 LABELLED_SOURCES = {"digits": 10, "cifar10": 10}  # name -> number of classes
 
@@ -45,7 +47,7 @@ def data_scalers(*, levels: int | None, centered: bool):
 
 
 def load_source(name: str, *, root=None, path=None, key=None, size=None, channels=3, n=100_000,
-                seed=0, train=True) -> torch.Tensor:
+                seed=0, train=True, mixture=None) -> torch.Tensor:
     """The raw dataset `name` as one tensor (see the module docstring)."""
     if name == "digits":
         return sources.digits(train=train)
@@ -65,6 +67,11 @@ def load_source(name: str, *, root=None, path=None, key=None, size=None, channel
         return sources.npz(path, key=key)
     if name in toy.TOY_SETS:
         return toy.toy_data(name, n, seed)
+    if name == "oracle":
+        if mixture is None:
+            raise ValueError("data=oracle needs data.mixture={means, stds, weights} (sde.distill "
+                             "writes it for an oracle teacher)")
+        return toy.mixture_data(dict(mixture), n, seed)
     raise ValueError(f"unknown dataset {name!r}; choose one of "
                      f"{sorted(IMAGE_SOURCES + CONTINUOUS_SOURCES)}")
 

@@ -57,3 +57,13 @@ def toy_data(dataset: str, n: int, seed: int = 0) -> torch.Tensor:
     if dataset not in TOY_SETS:
         raise ValueError(f"unknown toy dataset {dataset!r}; choose one of {sorted(TOY_SETS)}")
     return TOY_SETS[dataset](n, torch.Generator().manual_seed(seed))
+
+
+def mixture_data(mixture: dict, n: int, seed: int = 0) -> torch.Tensor:
+    """`n` exact samples (float32) of `GaussianMixture(**mixture)` (keys means, stds, weights):
+    the data of a run distilled from an oracle teacher (`data.name: oracle`)."""
+    unknown = set(mixture) - {"means", "stds", "weights"}
+    if "means" not in mixture or unknown:
+        raise ValueError(f"data.mixture needs means (and optionally stds, weights), got keys "
+                         f"{sorted(mixture)}")
+    return GaussianMixture(**mixture).sample(n, torch.Generator().manual_seed(seed)).float()

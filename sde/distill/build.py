@@ -26,10 +26,11 @@ def _student_steps(method: str, options: dict) -> int:
 def make_distiller(method: str, teacher: Teacher, *, model: dict | None = None,
                    init_steps: int = 0, eps: float = 1e-3, sigma_data: float = 0.5,
                    lr: float = 1e-4, grad_clip: float = 1.0, ema_decay: float = 0.999,
-                   seed: int = 0, info=None, **options):
+                   prediction: str | None = None, seed: int = 0, info=None, **options):
     """(the method object, the distilled run's config). `model`: the student network's config
     for an oracle teacher (a run teacher's own network is copied; a fresh one is initialised from
-    `seed`); `options` go to the method."""
+    `seed`, predicting `prediction`: x0 or v; a run teacher's student predicts what the teacher
+    does); `options` go to the method."""
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; choose one of {list(METHODS)}")
     from sde.utils import check_eps
@@ -39,7 +40,7 @@ def make_distiller(method: str, teacher: Teacher, *, model: dict | None = None,
     sample_steps = options.pop("sample_steps", 1) if method == "consistency" else None
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(seed)
-        net, net_cfg, score = teacher.student_net(model)
+        net, net_cfg, score = teacher.student_net(model, prediction)
         student = Student(net, teacher.sde, kind=kind, score=score, eps=eps,
                           sigma_data=sigma_data)
         if info is not None:
@@ -57,6 +58,7 @@ def make_distiller(method: str, teacher: Teacher, *, model: dict | None = None,
               "sampler": {"name": "distilled", "steps": steps, "noise": SAMPLING_NOISE[method]},
               "distill": {"teacher": teacher.spec, "method": method, "init_steps": init_steps,
                           "eps": eps, "sigma_data": sigma_data, "lr": lr,
+                          "prediction": score.get("prediction", "eps"),
                           "grad_clip": grad_clip, "ema_decay": ema_decay, **options,
                           **({"sample_steps": sample_steps} if sample_steps else {}),
                           "teacher_model": teacher.config.get("model"),

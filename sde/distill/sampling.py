@@ -65,16 +65,18 @@ def sample_with_denoiser(sde, denoiser, shape, *, steps: int, noise: str = "ddim
         x = ddim_step(sde, x, x0, t, s) if noise == "ddim" else renoise(sde, x0, s, generator)
 
 
-def distilled_sample(sde, score_fn, shape, *, steps, grid="uniform", eps=1e-3, noise="ddim",
+def distilled_sample(sde, score_fn, shape, *, steps, grid="uniform", eps=1e-3, noise=None,
                      generator=None, device=None, dtype=torch.float32):
     """`get_sampler("distilled")`: a student (or any score_fn) in `steps` steps on the nested
     grid -> (x, nfe = steps). x0 = (x + std^2 score) / alpha (Tweedie). `eps` is unused (the grid
-    ends at the clean end; its smallest evaluated time is T / steps); only grid="uniform"."""
+    ends at the clean end; its smallest evaluated time is T / steps); only grid="uniform";
+    noise None is "ddim" (`sde.sample` fills in a distilled run's own)."""
     if grid not in ("uniform", None):
         raise ValueError(f"the distilled sampler steps on T (1 - i / K); grid must be 'uniform', "
                          f"got {grid!r}")
     counted = CountedScore(score_fn)
     x, nfe = sample_with_denoiser(sde, get_denoiser_fn(sde, counted), shape, steps=steps,
-                                  noise=noise, generator=generator, device=device, dtype=dtype)
+                                  noise=noise or "ddim", generator=generator, device=device,
+                                  dtype=dtype)
     counted.check(x, what="distilled_sample")
     return x, nfe

@@ -56,12 +56,17 @@ class Student(nn.Module):
         self.eps, self.sigma_data = float(eps), float(sigma_data)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """E[x0 | x_t] as the wrapped network estimates it, shaped like x."""
-        if self.score.get("prediction", "eps") == "x0":
-            cond = self.score.get("time_scale", 999.0) * t
-            if self.score.get("time_input", "t") == "t":
-                return self.net(x, cond.to(x.dtype))
+        """E[x0 | x_t] as the wrapped network estimates it, shaped like x: its output for x0
+        prediction, alpha x - std v normalised for v prediction (Salimans & Ho 2022, Eq. 9-10,
+        no division by alpha), Tweedie's formula on its score otherwise."""
+        prediction = self.score.get("prediction", "eps")
         alpha, std = self.sde.marginal_coeffs(t.to(x.dtype))
+        if prediction in ("x0", "v") and self.score.get("time_input", "t") == "t":
+            out = self.net(x, (self.score.get("time_scale", 999.0) * t).to(x.dtype))
+            if prediction == "x0":
+                return out
+            a, s = append_dims(alpha, x.ndim), append_dims(std, x.ndim)
+            return (a * x - s * out) / (a**2 + s**2)
         score = get_score_fn(self.sde, self.net, **self.score)(x, t)
         return (x + append_dims(std**2, x.ndim) * score) / append_dims(alpha, x.ndim)
 

@@ -41,17 +41,27 @@ class Teacher:
     spec: str = ""
     mixture: GaussianMixture | None = None
 
-    def student_net(self, default: dict | None = None) -> tuple[nn.Module, dict, dict]:
+    def student_net(self, default: dict | None = None, prediction: str | None = None
+                    ) -> tuple[nn.Module, dict, dict]:
         """(a trainable copy of the teacher's network, its model config, its score options); for
-        an oracle teacher a fresh network built from `default` (a model config), predicting x0."""
+        an oracle teacher a fresh network built from `default` (a model config), predicting
+        `prediction`: x0 (default) or v (Salimans & Ho 2022, Sec. 4)."""
         if self.net is not None:
-            net = copy.deepcopy(self.net).train().requires_grad_(True)
-            return net, self.config["model"], dict(self.config.get("score", {}))
+            score = dict(self.config.get("score", {}))
+            own = score.get("prediction", "eps")
+            if prediction not in (None, own):
+                raise ValueError(f"the student starts from the teacher's weights, so it predicts "
+                                 f"what the teacher does ({own}), not {prediction}: leave "
+                                 "prediction unset, or train the teacher with "
+                                 f"score.prediction={prediction}")
+            return copy.deepcopy(self.net).train().requires_grad_(True), self.config["model"], score
         from hydra.utils import instantiate
 
         if default is None:
             raise ValueError("an oracle teacher has no network: give the student's model config")
-        score = {"prediction": "x0", "time_input": "t", "time_scale": 999.0}
+        if prediction not in (None, "x0", "v"):
+            raise ValueError(f"an oracle teacher's student predicts x0 or v, not {prediction!r}")
+        score = {"prediction": prediction or "x0", "time_input": "t", "time_scale": 999.0}
         return instantiate(default), dict(default), score
 
 
@@ -106,11 +116,30 @@ def oracle_teacher(mixture: GaussianMixture, sde=None, *, spec: str = "") -> Tea
     from sde.sdes import VPSDE
 
     sde = sde or VPSDE()
+    params = {"means": mixture.means.tolist(), "stds": mixture.stds.tolist(),
+              "weights": mixture.weights.tolist()}
     config = {"sde": {"_target_": f"{type(sde).__module__}.{type(sde).__name__}", **sde.hparams()},
-              "data": {"name": "oracle", "shape": list(mixture.event_shape), "levels": None,
-                       "centered": False}}
+              "data": {"name": "oracle", "mixture": params, "shape": list(mixture.event_shape),
+                       "levels": None, "centered": False}}
     return Teacher(sde=sde, denoiser=mixture.denoiser(sde), data=OracleData(mixture),
                    config=config, spec=spec or "oracle", mixture=mixture)
+
+
+def run_data(data_cfg: dict, path):
+    """The training set of a run's stored `data` section (its `fingerprint` is checked, not
+    passed on: a changed source is logged, the distillation goes on)."""
+    import logging
+
+    from sde.data import Dataset
+
+    options = {k: v for k, v in data_cfg.items() if k != "fingerprint"}
+    data = Dataset(**options)
+    stored = data_cfg.get("fingerprint")
+    if stored is not None and getattr(data, "fingerprint", stored) != stored:
+        logging.getLogger("sde.distill").warning(
+            "the data of teacher %s changed since it was trained (fingerprint %s, now %s)",
+            path, stored, data.fingerprint)
+    return data
 
 
 def run_teacher(path, *, data=None, device=None) -> Teacher:
@@ -119,11 +148,12 @@ def run_teacher(path, *, data=None, device=None) -> Teacher:
     from sde.run import load_run
 
     run = load_run(path, device=device)
+    if run.latent is not None:
+        raise ValueError(f"{path} is a latent run (its network denoises an autoencoder's "
+                         "latents): distilling latent runs is not supported; use a pixel-space "
+                         "run (e.g. experiment=vp_digits) as the teacher")
     if data is None:
-        from sde.data import Dataset
-
-        recorded = ("fingerprint",)  # written by sde.train for resume checks, not an option
-        data = Dataset(**{k: v for k, v in run.config["data"].items() if k not in recorded})
+        data = run_data(run.config["data"], path)
     return Teacher(sde=run.sde, denoiser=get_denoiser_fn(run.sde, run.score_fn), data=data,
                    net=run.model, config=run.config, spec=str(path))
 

@@ -153,12 +153,12 @@ def load_split(data_cfg: Mapping, *, train: bool, n: int | None = None) -> torch
     """Raw examples of a split: CIFAR-10's test batch or the 297 held-out digits for train=False;
     for toy sets a held-out draw (seed + 1). Sets without a split (folder, npz) return all their
     data."""
-    from sde.data import load_source, toy
+    from sde.data import GENERATED_SOURCES, load_source
 
     accepted = inspect.signature(load_source).parameters
     options = {k: v for k, v in data_cfg.items() if k in accepted and k != "name"}
     options["train"] = train
-    if data_cfg["name"] in toy.TOY_SETS:
+    if data_cfg["name"] in GENERATED_SOURCES:
         options["seed"] = int(options.get("seed") or 0) + (0 if train else 1)
         options["n"] = n or options.get("n", 100_000)
     raw = load_source(data_cfg["name"], **options)

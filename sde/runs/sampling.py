@@ -188,6 +188,18 @@ def with_stored_grid(run, sampler_options: Mapping | None) -> dict:
     return options
 
 
+def with_run_noise(run, sampler: str, sampler_options: Mapping | None) -> dict:
+    """`sampler_options` with sampler=distilled's `noise: null` filled in: the noise the run was
+    distilled for (its config's sampler.noise: ddim for progressive, fresh for consistency and
+    ADD), else ddim."""
+    options = dict(sampler_options or {})
+    if sampler == "distilled" and options.get("noise") is None:
+        own = run.config.get("sampler") or {}
+        options["noise"] = own.get("noise") if own.get("name") == "distilled" else None
+        options["noise"] = options["noise"] or "ddim"
+    return options
+
+
 def draw_samples(run, *, sampler: str = "pc", sampler_options: Mapping | None = None, n: int,
                  seed: int = 0, batch_size: int = 64, score_fn=None, device=None,
                  info: DistInfo | None = None, progress: bool = True, labels=None,
@@ -202,7 +214,7 @@ def draw_samples(run, *, sampler: str = "pc", sampler_options: Mapping | None = 
     idx = list(shard(n, info))
     mine = [seeds[i] for i in idx]
     per_batch = labels is not None
-    sampler_options = with_stored_grid(run, sampler_options)
+    sampler_options = with_stored_grid(run, with_run_noise(run, sampler, sampler_options))
     if per_batch:
         score_fn = class_score_fn(run, labels[idx], guidance, classifier=classifier)
     x, nfe, seconds = generate(sampler, run.sde, score_fn or run.score_fn, run.shape, seeds=mine,
