@@ -60,6 +60,8 @@ def make_distiller(method: str, teacher: Teacher, *, model: dict | None = None,
                           "eps": eps, "sigma_data": sigma_data, "lr": lr,
                           "prediction": score.get("prediction", "eps"),
                           "grad_clip": grad_clip, "ema_decay": ema_decay, **options,
+                          **({"weighting": distiller.weighting} if method == "progressive"
+                             else {}),
                           **({"sample_steps": sample_steps} if sample_steps else {}),
                           "teacher_model": teacher.config.get("model"),
                           "teacher_score": teacher.config.get("score")}}

@@ -19,7 +19,7 @@ from sde.distill import (
     sample_student,
 )
 from sde.distill.adversarial import hinge_d_loss
-from sde.distill.progressive import two_step_target
+from sde.distill.progressive import resolve_weighting, two_step_target
 from sde.distill.sampling import ddim_step, sample_with_denoiser
 from sde.models.mlp import MLP
 from sde.run import load_run
@@ -88,6 +88,46 @@ def test_one_progressive_round_matches_teacher_at_twice_the_steps(tmp_path, pred
     assert nfe == 4
     assert _rms(t4, t8) > 0.3  # halving the exact teacher's steps really costs accuracy
     assert _rms(s4, t8) < _rms(t4, t8) / 3
+
+
+def test_landing_loss_is_the_distance_between_where_the_steps_land(toy_run):
+    """An eps student (a run teacher's weights) gets the "landing" weighting: its per-example loss
+    is the squared distance between the point its one DDIM step t -> t'' lands on and the point
+    the teacher's two steps land on, here written out from alpha / std (DDIM Eq. 12), at every
+    level of a 4-step grid, down to the clean end t'' = 0."""
+    teacher = load_teacher(str(toy_run))
+    method, config = make_distiller("progressive", teacher, teacher_steps=8, student_steps=4,
+                                    steps_per_round=2)
+    assert method.weighting == config["distill"]["weighting"] == "landing"
+    sde, K = teacher.sde, 4
+    t = sde.T * (1.0 - torch.arange(K) / K)  # the 4 grid levels
+    x, student, den = torch.randn(K, 2, generator=_gen()), method.student, teacher.denoiser
+
+    def step(x, x0, t, s):
+        (a_t,), (s_t,) = sde.marginal_coeffs(t.reshape(1))
+        a_s, s_s = (1.0, 0.0) if s <= 0 else (v.item() for v in sde.marginal_coeffs(s.reshape(1)))
+        return a_s * x0 + s_s * (x - a_t * x0) / s_t
+
+    for i in range(K):
+        xi, ti, h = x[i:i + 1], t[i:i + 1], sde.T / (2 * K)
+        x_mid = step(xi, den(xi, ti), ti, ti - h)
+        x_end = step(x_mid, den(x_mid, ti - h), ti - h, ti - 2 * h)
+        student_end = step(xi, student(xi, ti), ti, ti - 2 * h)
+        expected = (student_end - x_end).pow(2).mean()
+        with torch.no_grad():
+            loss = method.loss(student, den, xi, ti, K)[0]
+        torch.testing.assert_close(loss, expected.detach(), rtol=1e-3, atol=1e-9)
+
+
+def test_progressive_weighting_follows_the_students_parametrisation():
+    """auto: the paper's truncated SNR for x0 / v students, landing for eps ones."""
+    assert resolve_weighting("auto", "x0") == resolve_weighting("auto", "v") == "truncated_snr"
+    assert resolve_weighting("auto", "eps") == "landing"
+    assert resolve_weighting("truncated_snr", "eps") == "truncated_snr"
+    with pytest.raises(ValueError, match="weighting 'snr'"):
+        resolve_weighting("snr", "eps")
+    method, config = _distiller("progressive")[:2]
+    assert method.weighting == config["distill"]["weighting"] == "truncated_snr"
 
 
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE()], ids=["vp", "subvp"])
