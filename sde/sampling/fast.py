@@ -8,9 +8,11 @@ is dy/dsigma = (y - D(y)) / sigma with the denoiser D = E[x_0 | x_t] = (x + std^
 rescaling: their x-space updates divided by alpha_t are the ones below with alpha = 1, std =
 sigma and lambda = log(alpha / std) = -log sigma. Nothing branches on the SDE class.
 
-Every grid sampler evaluates the score at the `steps` times of `get_time_grid` and then steps
-from t = eps to sigma = 0, where every update reduces to y = D(y, eps): the output is the
-denoised x_0, with no leftover noise. `nfe` counts the true calls of `score_fn`.
+Every grid sampler evaluates the score at the `steps` times of `get_time_grid`, which begin at
+`sde.sampling_T` (T, or just below it where alpha(T) = 0 and the drift is singular at T: the
+cosine and zero-terminal-SNR schedules), and then steps from t = eps to sigma = 0, where every
+update reduces to y = D(y, eps): the output is the denoised x_0, with no leftover noise. `nfe`
+counts the true calls of `score_fn`.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Both work in y = x / alpha(t) and sigma(t) = std(t) / alpha(t) like `sde.sampling.fast` (the
 probability-flow ODE is dy/dsigma = (y - D(y)) / sigma with Tweedie's denoiser D), so they run
 on every SDE here without branching on its class. As there, the score is evaluated at the
-`steps` times of `get_time_grid` and the output is D(y, eps), the limit of every update as
-sigma_next -> 0: `nfe = steps`, no leftover noise.
+`steps` times of `get_time_grid` (from `sde.sampling_T`, just below T where alpha(T) = 0) and
+the output is D(y, eps), the limit of every update as sigma_next -> 0: `nfe = steps`, no
+leftover noise.
 """
 
 from __future__ import annotations
