@@ -65,9 +65,11 @@ bench-models: install
 bench-bf16: install
 	$(PY) benchmarks/bench_models.py --quick --isa-sweep --threads 1 --clock process
 
-bench-samplers: install   # the samplers on exact scores, then the column per SDE (bench-schedules)
+bench-samplers: install   # the samplers on exact scores, the column per SDE (bench-schedules), the fewest-NFE table; RUN=<vp_digits run>: its digits row
 	$(PY) benchmarks/bench_samplers.py
 	$(PY) benchmarks/bench_schedules.py
+	$(PY) benchmarks/bench_samplers.py --fewest --n 1000 --seeds 8
+	$(if $(RUN),$(PY) benchmarks/bench_digits_samplers.py $(RUN))
 
 bench-schedules: install
 	$(PY) benchmarks/bench_schedules.py

@@ -12,11 +12,12 @@ smallest budget from which on every larger budget stays <= 2 floor.
 
     python benchmarks/bench_samplers.py [--n 1000] [--chunks 5] [--plot runs/bench/samplers.png]
     python benchmarks/bench_samplers.py --fewest [--n 2000] [--seeds 8]   # issue 16's table
+    python benchmarks/bench_samplers.py --final-step [--n 1000] [--seeds 8]   # its final step
 
 `--fewest`: four mixtures (2-D / 16-D, broad / tight and faint modes) under VP and VE; for each
 sampler x grid (UniPC, DEIS, DPM-Solver++, with the optimised "Align Your Steps" grid), the mean
 over seeds of ED / floor at every budget, the fewest NFE within 20 % of the converged error and
-2.5x the floor, and a comparison of final-step choices.
+2.5x the floor, and a comparison of final-step choices (`--final-step`: that comparison alone).
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ def plot(results, path):
 # --- fewest steps (issue 16): NFE to converge, mean over seeds, optimised grids -----------------
 
 FEWEST_BUDGETS = (4, 5, 6, 8, 10, 12, 16, 24, 50)
+FINAL_BUDGETS = (5, 6, 8, 12, 50)
 # label -> (registry name, options, grid); every one of these has nfe = steps
 FEWEST = {
     "dpm_solver_pp-2M, logsnr": ("dpm_solver_pp", {"order": 2}, "logsnr"),
@@ -218,9 +220,11 @@ FEWEST = {
     "unipc-bh2-2, optimized, eps=1e-2": ("unipc", {"order": 2, "variant": "bh2", "eps": 1e-2},
                                          "optimized"),
 }
-# final-step variants of unipc-bh2-3 on the logSNR grid (Tweedie's D(y, eps) is always the output)
+# final-step variants of unipc-bh2-3 on the logSNR grid, all at nfe = steps
 FINAL_STEP = {
     "Tweedie at eps = 1e-3, lower-order last steps (default)": {},
+    "no Tweedie: the last step lands on eps = 1e-3 (denoise_to_zero=False)":
+        {"denoise_to_zero": False},
     "Tweedie at eps = 1e-3, full order to the end": {"lower_order_final": False},
     "clipped last sigma: eps = 1e-2, lower-order last steps": {"eps": 1e-2},
     "clipped last sigma: eps = 3e-2, lower-order last steps": {"eps": 3e-2},
@@ -274,10 +278,11 @@ of 10 golden-section iterations)."""
             eds.append(energy_distance(x, ref))
         return sum(eds) / len(eds) / floor
 
-    rows = {label: [(b, mean_ratio(name, o, grid, b)) for b in FEWEST_BUDGETS]
-            for label, (name, o, grid) in FEWEST.items()}
-    final = {label: [(b, mean_ratio("unipc", {"order": 3, **o}, "logsnr", b)) for b in (5, 6, 8)]
-             for label, o in FINAL_STEP.items()}
+    rows = {} if args.final_step else {
+        label: [(b, mean_ratio(name, o, grid, b)) for b in FEWEST_BUDGETS]
+        for label, (name, o, grid) in FEWEST.items()}
+    final = {label: [(b, mean_ratio("unipc", {"order": 3, **o}, "logsnr", b))
+                     for b in FINAL_BUDGETS] for label, o in FINAL_STEP.items()}
     return {"floor": floor, "rows": rows, "final": final,
             "optimize_seconds": sum(opt_seconds) / max(len(opt_seconds), 1)}
 
@@ -296,9 +301,11 @@ def converged_nfe(points, *, rel=0.2, cap=2.5):
 
 
 def print_fewest(results):
+    titles = list(results)
+    if not results[titles[0]]["rows"]:  # --final-step
+        return print_final(results)
     print("\n### Fewest NFE within 20 % of the converged error and 2.5x the floor "
           "(mean over seeds)\n")
-    titles = list(results)
     print("| sampler, grid | " + " | ".join(titles) + " |")
     print("|" + "---|" * (len(titles) + 1))
     for label in FEWEST:
@@ -317,7 +324,15 @@ def print_fewest(results):
         print("|" + "---|" * (len(FEWEST_BUDGETS) + 1))
         for label, points in r["rows"].items():
             print(f"| {label} | " + " | ".join(fmt(v) for _, v in points) + " |")
-        print("\n| final step (unipc-bh2-3, logsnr) | 5 | 6 | 8 |\n|---|---|---|---|")
+        print_final({t: r})
+
+
+def print_final(results):
+    """The final-step tables: ED / floor of unipc-bh2-3 (logSNR grid) per variant and NFE."""
+    for t, r in results.items():
+        print(f"\n| final step (unipc-bh2-3, logsnr), {t} | "
+              + " | ".join(map(str, FINAL_BUDGETS)) + " |")
+        print("|" + "---|" * (len(FINAL_BUDGETS) + 1))
         for label, points in r["final"].items():
             print(f"| {label} | " + " | ".join(fmt(v) for _, v in points) + " |")
 
@@ -352,9 +367,11 @@ def main(argv=None):
     parser.add_argument("--fewest", action="store_true",
                         help="issue-16 table: fewest NFE to converge (UniPC, DEIS, optimised grids)")
     parser.add_argument("--seeds", type=int, default=8, help="seeds per cell (--fewest)")
+    parser.add_argument("--final-step", action="store_true",
+                        help="only the final-step comparison of --fewest")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.fewest:
+    if args.fewest or args.final_step:
         return main_fewest(args)
     # pc on VP at N <= beta_max = 20 steps breaks the DDPM chain (NaN in the table, by design)
     warnings.filterwarnings("ignore", message="the discrete chain needs")

@@ -41,24 +41,27 @@ def _perturbed_score_error(score_fn, x, t, alpha, std, z) -> torch.Tensor:
 
 
 def importance_times(sde, n, *, eps=1e-5, generator=None, device=None):
-    """Times t ~ p(t) proportional to g(t)^2 / std(t)^2 on [eps, T], and the weight that makes
-    lambda(t) = g(t)^2 unbiased: returns (t, w) with w = Z / (T - eps) and Z the normaliser.
+    """Times t ~ p(t) proportional to g(t)^2 / std(t)^2 on [eps, T'], T' = `sde.sampling_T`, and
+    the weight that makes lambda(t) = g(t)^2 unbiased: returns (t, w) with w = Z / (T' - eps) and
+    Z the normaliser. (T' = T unless alpha(T) = 0, where log-SNR(T) = -inf and g(T) = inf.)
 
     For every linear SDE g^2 / std^2 = -d log_snr / dt, so log_snr(t) is uniform under p(t) and
     t = t_from_log_snr(U). This is the variance-reduced likelihood weighting of Song, Durkan,
     Murray & Ermon (2021, Sec. 5): g^2 ||s + z/std||^2 / p(t) = Z ||std s + z||^2.
     """
-    ends = sde.log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
+    end = sde.sampling_T
+    ends = sde.log_snr(torch.tensor([eps, end], dtype=torch.float64))
     lam = ends[1] + (ends[0] - ends[1]) * _uniform((n,), generator, device, 0.0, 1.0).double().cpu()
-    t = sde.t_from_log_snr(lam).clamp(eps, sde.T).to(device=device, dtype=torch.float32)
-    return t, float(ends[0] - ends[1]) / (sde.T - eps)
+    t = sde.t_from_log_snr(lam).clamp(eps, end).to(device=device, dtype=torch.float32)
+    return t, float(ends[0] - ends[1]) / (end - eps)
 
 
 def dsm_loss(sde, score_fn, x, *, generator=None, eps=1e-5, likelihood_weighting=False,
              importance_sampling=False, reduce_mean=True, t=None) -> torch.Tensor:
     """Continuous weighted denoising score matching (Eq. 7 of Song et al. 2021), (B,).
 
-    lambda(t) = std(t)^2 by default: E ||std s(x_t, t) + z||^2 with t ~ U(eps, T).
+    lambda(t) = std(t)^2 by default: E ||std s(x_t, t) + z||^2 with t ~ U(eps, T'), T' =
+    `sde.sampling_T` (T, or just below it where alpha(T) = 0: the times the samplers use).
     `likelihood_weighting`: lambda(t) = g(t)^2, E g^2 ||s + z / std||^2, which bounds the
     negative log-likelihood (Song, Durkan, Murray & Ermon 2021, Thm. 1); with
     `importance_sampling` t is drawn from p(t) ~ g^2/std^2 instead: same expectation, lower
@@ -71,7 +74,7 @@ def dsm_loss(sde, score_fn, x, *, generator=None, eps=1e-5, likelihood_weighting
     if t is None and importance_sampling:
         t, weight = importance_times(sde, x.shape[0], eps=eps, generator=generator, device=x.device)
     elif t is None:
-        t = _uniform((x.shape[0],), generator, x.device, eps, sde.T)
+        t = _uniform((x.shape[0],), generator, x.device, eps, sde.sampling_T)
     z = randn_like(x, generator)
     alpha, std = sde.marginal_coeffs(t.to(x.dtype))
     sq = _perturbed_score_error(score_fn, x, t, alpha, std, z) ** 2  # (B, ...)

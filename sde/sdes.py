@@ -324,7 +324,7 @@ class VPSDE(_DDPMChain, _LinearBetaSDE):
         beta_t = self.beta(t)
         if self.zero_terminal_snr:  # beta_z = -d log alpha_z^2 / dt
             alpha = torch.exp(self.log_mean_coeff(t))
-            beta_t = beta_t * alpha / (alpha - self.alpha_shift)
+            beta_t = beta_t * alpha / self._shifted_alpha(alpha)
         return -0.5 * append_dims(beta_t, x.ndim) * x, torch.sqrt(beta_t)
 
     _std = staticmethod(torch.sqrt)
@@ -333,9 +333,14 @@ class VPSDE(_DDPMChain, _LinearBetaSDE):
         if not self.zero_terminal_snr:
             return super().marginal_coeffs(t)
         log_alpha, a_T = self.log_mean_coeff(t), self.alpha_shift
-        alpha = (torch.exp(log_alpha) - a_T) / (1.0 - a_T)
+        alpha = self._shifted_alpha(torch.exp(log_alpha)) / (1.0 - a_T)
         one_minus = -torch.expm1(log_alpha) / (1.0 - a_T)  # 1 - alpha_z, without cancellation
         return alpha, torch.sqrt(one_minus * (1.0 + alpha))
+
+    def _shifted_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        """alpha(t) - alpha(T), clamped at 0: in float32 it rounds to -1e-9 at T, which would make
+        alpha_z(T) negative and the diffusion NaN instead of 0 and inf."""
+        return (alpha - self.alpha_shift).clamp_min(0.0)
 
     def score_sde_std(self, t):
         return self.marginal_coeffs(t)[1] if self.zero_terminal_snr else super().score_sde_std(t)

@@ -7,6 +7,8 @@ through `marginal_coeffs`, so the wrapper never branches on the SDE's class.
 time_input
     "t"          cond = time_scale * t (999 t: score_sde's continuous VP / sub-VP models)
     "sigma"      cond = std(t) (score_sde's continuous VE models)
+    "log_sigma"  cond = ln(sigma) / 4, sigma = std / alpha: EDM's c_noise (Karras et al. 2022,
+                 Table 1) for any prediction; the toy experiments' cond (with a Fourier embedding)
     "step"       cond = t (N - 1) as a float and std = sqrt(1 - alphas_cumprod[floor]) (DDPM
                  discrete VP models, exactly as score_sde); needs an SDE with a DDPM chain
     "smld_step"  cond = round((T - t)(N - 1)), the index into descending sigmas, and the std of
@@ -38,7 +40,7 @@ from sde.models.mlp import MLP
 from sde.models.ncsnpp import NCSNpp
 from sde.utils import append_dims
 
-TIME_INPUTS = ("t", "sigma", "step", "smld_step")
+TIME_INPUTS = ("t", "sigma", "log_sigma", "step", "smld_step")
 PREDICTIONS = ("eps", "score", "scaled_score", "x0", "v", "edm")
 STDS = ("exact", "score_sde")
 
@@ -62,7 +64,16 @@ def model_time(sde, t: torch.Tensor, time_input: str = "t", time_scale: float = 
         return labels, alpha, std
     alpha, sd = sde.marginal_coeffs(t)
     sd = sde.score_sde_std(t) if std == "score_sde" else sd
+    if time_input == "log_sigma":
+        return c_noise(alpha, sd), alpha, sd
     return (sd if time_input == "sigma" else time_scale * t), alpha, sd
+
+
+def c_noise(alpha: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """EDM's c_noise = ln(sigma) / 4 with sigma = std / alpha, (B,); finite where alpha = 0 (alpha is
+    clamped at the smallest normal float: the network's output is multiplied by alpha = 0 there)."""
+    tiny = torch.finfo(alpha.dtype).tiny
+    return 0.25 * (torch.log(std) - torch.log(alpha.clamp_min(tiny)))
 
 
 def _discrete_vp_time(sde, t: torch.Tensor):
@@ -100,10 +111,8 @@ def _edm_score(model, x, alpha, std, sigma_data, kwargs):
     """score = (alpha D - x) / std^2 with EDM's D(y) = c_skip y + c_out F(c_in y, c_noise), written
     in x: with r = sqrt(std^2 + alpha^2 sigma_data^2) = alpha sqrt(sigma^2 + sigma_data^2),
     c_in y = x / r and score = (alpha sigma_data F / std - x / r) / r (finite at alpha = 0)."""
-    tiny = torch.finfo(alpha.dtype).tiny
-    c_noise = 0.25 * (torch.log(std) - torch.log(alpha.clamp_min(tiny)))  # log(sigma) / 4, (B,)
     r = append_dims(torch.sqrt(std**2 + (alpha * sigma_data) ** 2), x.ndim)
-    out = model(x / r, c_noise, **kwargs)
+    out = model(x / r, c_noise(alpha, std), **kwargs)
     a, s = append_dims(alpha, x.ndim), append_dims(std, x.ndim)
     return (a * sigma_data * out / s - x / r) / r
 

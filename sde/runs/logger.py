@@ -53,7 +53,6 @@ def wandb_mode(mode: str | None, timeout: float) -> str:
     if mode == "online" and not wandb_reachable(timeout):
         warnings.warn(f"W&B is not reachable within {timeout:g} s: logging offline instead "
                       "(sync later with `wandb sync <run>/wandb/offline-run-*`)", stacklevel=2)
-        log.warning("W&B unreachable: logging offline")
         return "offline"
     return mode
 

@@ -158,7 +158,8 @@ GRID_EXAMPLES = 256  # training examples the optimised grid is fitted to
 def with_stored_grid(run, sampler_options: Mapping | None) -> dict:
     """`sampler_options` with `times` filled in for `grid=optimized`: the run's own Align Your
     Steps grid for (steps, eps), computed once by `optimize_grid` on GRID_EXAMPLES training
-    examples and kept in `<run>/grids/` (one file per steps, eps, checkpoint step, EMA or not)."""
+    examples and kept in `<run>/grids/` (one file per number of grid times, eps, checkpoint step,
+    EMA or not). The grid has `steps` times, or steps + 1 with `denoise_to_zero=False`."""
     options = dict(sampler_options or {})
     if options.get("grid") != "optimized" or options.get("times") is not None:
         return options
@@ -168,7 +169,8 @@ def with_stored_grid(run, sampler_options: Mapping | None) -> dict:
     if getattr(run, "latent", None) is not None:
         raise ValueError("grid=optimized is not stored for latent runs yet: compute the times "
                          "with sde.sampling.optimize_grid and pass sampler.times=[...]")
-    name = f"optimized_steps{steps}_eps{eps:g}_step{run.step}{'' if run.ema else '_raw'}.json"
+    points = steps + (options.get("denoise_to_zero", True) is False)  # grid times
+    name = f"optimized_steps{points}_eps{eps:g}_step{run.step}{'' if run.ema else '_raw'}.json"
     path = run_dir_of(run.path) / "grids" / name
     if path.is_file():
         options["times"] = json.loads(path.read_text())["times"]
@@ -180,10 +182,10 @@ def with_stored_grid(run, sampler_options: Mapping | None) -> dict:
     raw = load_split(run.data, train=True, n=GRID_EXAMPLES).float()
     levels = run.data.get("levels")
     x0 = run.scaler(raw / (levels - 1) if levels else raw).to(run.device)  # (n, ...) model space
-    times = optimize_grid(run.sde, run.score_fn, steps, x0, eps=eps,
+    times = optimize_grid(run.sde, run.score_fn, points, x0, eps=eps,
                           generator=torch.Generator(device=x0.device).manual_seed(0))
     options["times"] = times.tolist()
-    write_json(path, {"steps": steps, "eps": eps, "checkpoint_step": run.step, "ema": run.ema,
+    write_json(path, {"grid_times": points, "eps": eps, "checkpoint_step": run.step, "ema": run.ema,
                       "examples": len(x0), "times": options["times"]})
     return options
 

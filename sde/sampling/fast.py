@@ -8,9 +8,11 @@ is dy/dsigma = (y - D(y)) / sigma with the denoiser D = E[x_0 | x_t] = (x + std^
 rescaling: their x-space updates divided by alpha_t are the ones below with alpha = 1, std =
 sigma and lambda = log(alpha / std) = -log sigma. Nothing branches on the SDE class.
 
-Every grid sampler evaluates the score at the `steps` times of `get_time_grid` and then steps
-from t = eps to sigma = 0, where every update reduces to y = D(y, eps): the output is the
-denoised x_0, with no leftover noise. `nfe` counts the true calls of `score_fn`.
+Every grid sampler evaluates the score at the `steps` times of `get_time_grid`, which begin at
+`sde.sampling_T` (T, or just below it where alpha(T) = 0 and the drift is singular at T: the
+cosine and zero-terminal-SNR schedules), and then steps from t = eps to sigma = 0, where every
+update reduces to y = D(y, eps): the output is the denoised x_0, with no leftover noise. `nfe`
+counts the true calls of `score_fn`.
 """
 
 from __future__ import annotations
@@ -50,14 +52,26 @@ class Denoiser:
         return x, self.nfe
 
 
-def _start(sde, score_fn, shape, steps, grid, eps, rho, generator, device, dtype, times=None):
+def _start(sde, score_fn, shape, steps, grid, eps, rho, generator, device, dtype, times=None,
+           denoise_to_zero=True):
     """Denoiser, grid times (floats), noise levels with sigma = 0 appended, y_T = x_T / alpha_T.
-    `times`: the stored grid of grid="optimized" (see `get_time_grid`)."""
-    ts = get_time_grid(sde, steps, grid, eps=eps, rho=rho, times=times)
-    sigmas = sigma_of(sde, ts).tolist() + [0.0]
+    `times`: the stored grid of grid="optimized" (see `get_time_grid`). With
+    `denoise_to_zero=False` the grid has steps + 1 times and nothing is appended: the last step
+    lands on eps."""
+    if not isinstance(denoise_to_zero, bool):
+        raise ValueError(f"denoise_to_zero must be true or false, got {denoise_to_zero!r}")
+    ts = get_time_grid(sde, steps + (not denoise_to_zero), grid, eps=eps, rho=rho, times=times)
+    sigmas = sigma_of(sde, ts).tolist() + ([0.0] if denoise_to_zero else [])
     denoiser = Denoiser(sde, score_fn)
     x = sde.prior_sampling(shape, generator, device=device, dtype=dtype)  # (B, ...)
     return denoiser, ts.tolist(), sigmas, x / denoiser.coeffs(ts[0].item())[0]
+
+
+def _finish_at_eps(denoiser, y, t_eps: float, denoise_to_zero: bool, what: str):
+    """The sampler's output from y at eps: Tweedie's D(y, eps) (one more NFE), or x_eps =
+    alpha(eps) y, the noisy sample at eps (DPM-Solver's `denoise_to_zero=False`)."""
+    x = denoiser(y, t_eps) if denoise_to_zero else denoiser.coeffs(t_eps)[0] * y
+    return denoiser.finish(x, what)
 
 
 def _time_at(sde, sigma: float) -> float:
@@ -167,15 +181,16 @@ def _dpm_solver_pp_update(y, x0s, lams, s, s_next, order):
 
 @torch.no_grad()
 def dpm_solver_pp_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3, order=2,
-                         lower_order_final=True, rho=7.0, times=None, generator=None, device=None,
-                         dtype=torch.float32):
+                         lower_order_final=True, denoise_to_zero=True, rho=7.0, times=None,
+                         generator=None, device=None, dtype=torch.float32):
     """Multistep DPM-Solver++(2M) / (3M) with data prediction (Lu et al. 2022b, Algorithm 2)
     -> (x, nfe = steps). The first steps warm up with lower orders; with fewer than 10 steps
-    the last steps do too (`lower_order_final`, as in the reference code)."""
+    the last steps do too (`lower_order_final`, as in the reference code).
+    `denoise_to_zero=False`: steps + 1 grid times, the last step lands on eps, output x_eps."""
     if order not in (2, 3):
         raise ValueError(f"dpm_solver_pp order must be 2 or 3, got {order!r}")
     denoiser, ts, sigmas, y = _start(sde, score_fn, shape, steps, grid, eps, rho, generator,
-                                     device, dtype, times=times)
+                                     device, dtype, times=times, denoise_to_zero=denoise_to_zero)
     n_steps = len(ts) - 1
     x0s, lams = [], []
     for i, t in enumerate(ts[:-1]):
@@ -184,7 +199,7 @@ def dpm_solver_pp_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3
         if lower_order_final and n_steps < 10:
             step_order = min(step_order, n_steps - i)
         y = _dpm_solver_pp_update(y, x0s, lams, sigmas[i], sigmas[i + 1], step_order)
-    return denoiser.finish(denoiser(y, ts[-1]), "dpm_solver_pp_sample")
+    return _finish_at_eps(denoiser, y, ts[-1], denoise_to_zero, "dpm_solver_pp_sample")
 
 
 def _ggf_step(rsde, x, x_prev, z, t, h, *, eps, rtol, atol, safety, exponent):

@@ -52,8 +52,9 @@ def check_stored_grid(sde, steps: int, eps: float, times) -> torch.Tensor:
                          "sde.sampling.optimize_grid(sde, score_fn, steps, x0) and pass them")
     t = torch.as_tensor(times, dtype=torch.float64).flatten().cpu()
     if t.shape != (steps,):
-        raise ValueError(f"the stored grid has {t.numel()} times but steps={steps}; recompute "
-                         f"it with optimize_grid for this number of steps")
+        raise ValueError(f"the stored grid has {t.numel()} times but the sampler needs {steps} "
+                         f"(steps, or steps + 1 with denoise_to_zero=False); recompute it with "
+                         f"optimize_grid for that many times")
     T = sde.sampling_T
     if not (abs(t[0].item() - T) < 1e-9 and abs(t[-1].item() - eps) < 1e-9
             and bool((t.diff() < 0).all())):

@@ -3,8 +3,9 @@
 Both work in y = x / alpha(t) and sigma(t) = std(t) / alpha(t) like `sde.sampling.fast` (the
 probability-flow ODE is dy/dsigma = (y - D(y)) / sigma with Tweedie's denoiser D), so they run
 on every SDE here without branching on its class. As there, the score is evaluated at the
-`steps` times of `get_time_grid` and the output is D(y, eps), the limit of every update as
-sigma_next -> 0: `nfe = steps`, no leftover noise.
+`steps` times of `get_time_grid` (from `sde.sampling_T`, just below T where alpha(T) = 0) and
+the output is D(y, eps), the limit of every update as sigma_next -> 0: `nfe = steps`, no
+leftover noise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from sde.sampling.fast import _start
+from sde.sampling.fast import _finish_at_eps, _start
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 DEIS_VARIANTS = ("rhoab", "ipndm")
@@ -76,29 +77,32 @@ def _unipc_step(y, x0s, lams, s, s_next, order: int, variant: str):
 
 @torch.no_grad()
 def unipc_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3, order=2,
-                 variant="bh2", lower_order_final=True, rho=7.0, times=None, generator=None,
-                 device=None, dtype=torch.float32):
+                 variant="bh2", lower_order_final=True, denoise_to_zero=True, rho=7.0,
+                 times=None, generator=None, device=None, dtype=torch.float32):
     """UniPC with data prediction (Zhao et al. 2023): the UniP-p multistep predictor, then the
     UniC corrector that reuses the next step's score evaluation, so it raises the order by one
     at no extra cost -> (x, nfe = steps). `variant` "bh1" (B(h) = h, best for very few steps
     per the paper) or "bh2" (B(h) = e^h - 1); `order` 1-3. The last interval is predictor-only
-    (its evaluation gives the output D(y, eps)). Deterministic; `generator` only draws x_T."""
+    (its evaluation gives the output D(y, eps)). `denoise_to_zero=False`: steps + 1 grid times,
+    the last step lands on eps unevaluated, output x_eps. Deterministic; `generator` only draws
+    x_T."""
     _check_order("unipc", order, 3)
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"unknown unipc variant {variant!r}; known: {', '.join(UNIPC_VARIANTS)}")
     denoiser, ts, sigmas, y = _start(sde, score_fn, shape, steps, grid, eps, rho, generator,
-                                     device, dtype, times=times)
+                                     device, dtype, times=times, denoise_to_zero=denoise_to_zero)
     n_steps = len(ts) - 1
     x0s, lams = [denoiser(y, ts[0])], [-math.log(sigmas[0])]
     for i in range(n_steps):
         step_order = _step_order(order, i, n_steps, lower_order_final)
         y, correct = _unipc_step(y, x0s[-step_order:], lams[-step_order:], sigmas[i],
                                  sigmas[i + 1], step_order, variant)
+        if i == n_steps - 1:  # the last interval: predictor only
+            return _finish_at_eps(denoiser, y, ts[-1], denoise_to_zero, "unipc_sample")
         x0_next = denoiser(y, ts[i + 1])
-        if i < n_steps - 1:
-            y = correct(x0_next)
+        y = correct(x0_next)
         x0s, lams = (x0s + [x0_next])[-order:], (lams + [-math.log(sigmas[i + 1])])[-order:]
-    return denoiser.finish(x0s[-1], "unipc_sample")
+    return denoiser.finish(x0s[-1], "unipc_sample")  # steps = 1: D(y_T, T), one NFE
 
 
 def _lagrange_integrals(nodes: list[float], a: float, b: float) -> list[float]:
@@ -118,18 +122,19 @@ def _lagrange_integrals(nodes: list[float], a: float, b: float) -> list[float]:
 
 @torch.no_grad()
 def deis_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3, order=3,
-                variant="rhoab", lower_order_final=True, rho=7.0, times=None, generator=None,
-                device=None, dtype=torch.float32):
+                variant="rhoab", lower_order_final=True, denoise_to_zero=True, rho=7.0,
+                times=None, generator=None, device=None, dtype=torch.float32):
     """DEIS (Zhang & Chen 2023) on dy/dsigma = eps(y, sigma), eps = (y - D) / sigma: multistep
     with eps extrapolated by a polynomial through the last `order` noise levels.
     `variant="rhoab"`: the polynomial in sigma integrated exactly over the step ("rho-AB-DEIS",
     right for unequal steps); `"ipndm"`: iPNDM's Adams-Bashforth weights for equal steps.
-    `order` 1-4 -> (x, nfe = steps); deterministic, `generator` only draws x_T."""
+    `order` 1-4 -> (x, nfe = steps); deterministic, `generator` only draws x_T.
+    `denoise_to_zero=False`: steps + 1 grid times, the last step lands on eps, output x_eps."""
     _check_order("deis", order, 4)
     if variant not in DEIS_VARIANTS:
         raise ValueError(f"unknown deis variant {variant!r}; known: {', '.join(DEIS_VARIANTS)}")
     denoiser, ts, sigmas, y = _start(sde, score_fn, shape, steps, grid, eps, rho, generator,
-                                     device, dtype, times=times)
+                                     device, dtype, times=times, denoise_to_zero=denoise_to_zero)
     n_steps = len(ts) - 1
     eps_hist, nodes = [], []
     for i in range(n_steps):
@@ -142,4 +147,4 @@ def deis_sample(sde, score_fn, shape, *, steps, grid="logsnr", eps=1e-3, order=3
         else:
             weights = _lagrange_integrals(nodes[:k], s, s_next)
         y = y + sum(w * e for w, e in zip(weights, eps_hist[:k]))
-    return denoiser.finish(denoiser(y, ts[-1]), "deis_sample")
+    return _finish_at_eps(denoiser, y, ts[-1], denoise_to_zero, "deis_sample")

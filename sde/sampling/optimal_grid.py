@@ -99,7 +99,7 @@ def optimize_grid(sde, score_fn, steps: int, x0: torch.Tensor, *, eps: float = 1
                   generator=None) -> torch.Tensor:
     """Align Your Steps (Sabour et al. 2024): `steps` decreasing times from T to eps (float64)
     that minimise the KLUB for `score_fn`, starting from the `init` grid -> times. `x0` (n, ...):
-    data samples in model space (a few hundred suffice); costs about 2 sweeps (steps - 2) iters
+    data samples in model space (a few hundred suffice); costs 4 sweeps (steps - 2) (iters + 2)
     score calls on batches of nodes * n. Use it as `get_sampler(name)(..., grid="optimized",
     times=times)`."""
     times = get_time_grid(sde, steps, init, eps=eps)

@@ -37,4 +37,6 @@ def digits_run(tmp_path_factory):
     return train_tiny(tmp_path_factory.mktemp("runs") / "vp_digits" / "t0", [
         "data=digits", "model=ddpm", "model.image_size=8", "model.in_channels=1", "model.nf=8",
         "model.ch_mult=[1]", "model.num_res_blocks=1", "model.attn_resolutions=[]",
-        "model.num_groups=4", "trainer.batch_size=8", "experiment=vp_toy", "~model.hidden"])
+        "model.num_groups=4", "trainer.batch_size=8", "experiment=vp_toy", "~model.hidden",
+        "~model.embedding_type", "~model.fourier_scale", "loss=dsm", "score.prediction=eps",
+        "score.time_input=t"])

@@ -44,3 +44,14 @@ def test_optimized_grid_needs_steps(run_dir, tmp_path):
     with pytest.raises(ValueError, match="grid=optimized needs sampler.steps"):
         sample_run(str(run_dir), sampler="unipc", sampler_options={"grid": "optimized"}, n=2,
                    seed=0, batch_size=2, out=tmp_path / "a.npz", progress=False)
+
+
+def test_without_denoise_to_zero_the_stored_grid_has_one_more_time(run_dir, tmp_path):
+    """denoise_to_zero=False lands on eps after `steps` steps: steps + 1 grid times, stored under
+    their own count (the grid a Tweedie sampler with steps + 1 would use)."""
+    record = sample_run(str(run_dir), sampler="unipc",
+                        sampler_options={**OPTIONS, "denoise_to_zero": False}, n=2, seed=0,
+                        batch_size=2, out=tmp_path / "a.npz", progress=False)
+    files = list((run_dir / "grids").glob("optimized_steps5_eps0.001_step*.json"))
+    assert len(files) == 1 and len(json.loads(files[0].read_text())["times"]) == 5
+    assert record["nfe"] == 4

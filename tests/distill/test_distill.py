@@ -390,8 +390,8 @@ def toy_run(tmp_path_factory):
     """A trained-run teacher: eps-predicting MLP on two moons under VPSDE (seed 123: not the
     weights a fresh student would get from make_distiller's seed 0)."""
     return _train_teacher(tmp_path_factory.mktemp("teacher") / "vp_toy", [
-        "experiment=vp_toy", "data.name=two_moons", "data.n=256", "model.hidden=8",
-        "model.num_layers=1", "seed=123"])
+        "experiment=vp_toy", "score.prediction=eps", "loss=dsm", "data.name=two_moons",
+        "data.n=256", "model.hidden=8", "model.num_layers=1", "seed=123"])
 
 
 @pytest.fixture(scope="module")

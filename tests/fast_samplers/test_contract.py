@@ -35,6 +35,12 @@ CASES = {  # id -> (name, options, expected nfe or None)
     "deis-3": ("deis", {"steps": 5}, 5),
     "deis-4": ("deis", {"steps": 7, "order": 4, "grid": "edm"}, 7),
     "ipndm-4": ("deis", {"steps": 7, "order": 4, "variant": "ipndm"}, 7),
+    # denoise_to_zero=False: steps + 1 grid times, the last step lands on eps (output x_eps)
+    "dpm_solver_pp-3M-x_eps": ("dpm_solver_pp", {"steps": 5, "order": 3, "denoise_to_zero": False},
+                               5),
+    "unipc-bh2-2-x_eps": ("unipc", {"steps": 6, "denoise_to_zero": False}, 6),
+    "ipndm-4-x_eps": ("deis", {"steps": 7, "order": 4, "variant": "ipndm",
+                               "denoise_to_zero": False}, 7),
 }
 STOCHASTIC = {"pc", "pc-langevin", "ddim-eta1", "heun-churn", "adaptive"}
 
@@ -51,6 +57,10 @@ class Counter:
 
 def draw(case, sde, seed=0, dtype=torch.float32, generator=None, batch=SHAPE[0]):
     name, options, _ = CASES[case]
+    return draw_with(name, options, sde, seed, dtype, generator, batch)
+
+
+def draw_with(name, options, sde, seed=0, dtype=torch.float32, generator=None, batch=SHAPE[0]):
     counter = Counter(MIXTURE.score_fn(sde))
     generator = generator or torch.Generator().manual_seed(seed)
     x, nfe = get_sampler(name)(sde, counter, (batch, *SHAPE[1:]), generator=generator,
@@ -97,13 +107,26 @@ def test_churn_changes_heun_but_not_its_nfe():
 
 @pytest.mark.parametrize("case", sorted(set(CASES) - {"pc", "pc-langevin", "ode"}))
 def test_final_step_leaves_no_noise(case):
-    """Data at a point: every sample must land on it, not within sigma(eps) = 0.01 of it."""
+    """Data at a point: every sample must land on it, not within sigma(eps) = 0.01 of it; with
+    denoise_to_zero=False on x_eps = alpha(eps) mu + std(eps) z instead."""
     sde, mu = VPSDE(), 0.3
     point = GaussianMixture(torch.full((1, 4), mu), 1e-4)
     name, options, _ = CASES[case]
-    x, _ = get_sampler(name)(sde, point.score_fn(sde), (64, 4), dtype=torch.float64,
+    x, _ = get_sampler(name)(sde, point.score_fn(sde), (256, 4), dtype=torch.float64,
                              generator=torch.Generator().manual_seed(0), **options)
-    assert (x - mu).abs().max() < 1e-3
+    if options.get("denoise_to_zero", True):
+        assert (x - mu).abs().max() < 1e-3
+    else:
+        alpha, std = sde.marginal_coeffs(torch.tensor([1e-3], dtype=torch.float64))
+        z = (x - alpha * mu) / std
+        assert z.mean().abs() < 0.15 and z.std().item() == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("denoise_to_zero", [True, False])
+@pytest.mark.parametrize("name", ["dpm_solver_pp", "unipc", "deis"])
+def test_one_step_is_one_score_call(name, denoise_to_zero):
+    _, nfe, calls = draw_with(name, {"steps": 1, "denoise_to_zero": denoise_to_zero}, VPSDE())
+    assert nfe == calls == 1
 
 
 def test_registry_knows_every_sampler():
@@ -133,7 +156,10 @@ def test_unknown_sampler_lists_the_known_ones():
     ("deis", {"steps": 4, "order": 5}, "order"),
     ("deis", {"steps": 4, "variant": "tab"}, "variant"),
     ("deis", {"steps": 4, "grid": "optimized"}, "needs times"),
-    ("unipc", {"steps": 4, "grid": "optimized", "times": [1.0, 0.5, 1e-3]}, "steps=4"),
+    ("unipc", {"steps": 4, "denoise_to_zero": "no"}, "denoise_to_zero must be true or false"),
+    ("deis", {"steps": 2, "grid": "optimized", "times": [1.0, 1e-3], "denoise_to_zero": False},
+     "needs 3"),
+    ("unipc", {"steps": 4, "grid": "optimized", "times": [1.0, 0.5, 1e-3]}, "needs 4"),
     ("ddim", {"steps": 3, "grid": "optimized", "times": [1.0, 1e-3, 0.5]}, "decrease"),
     ("ddim", {"steps": 3, "grid": "edm", "times": [1.0, 0.5, 1e-3]}, "optimized"),
     ("adaptive", {"rtol": 0.0}, "rtol"),
@@ -251,15 +277,15 @@ def test_an_option_the_sampler_does_not_take_is_named_before_any_work():
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_every_shipped_sampler_config_takes_its_own_options(name):
+def test_every_sampler_has_a_config_that_takes_its_own_options(name):
     from omegaconf import OmegaConf
 
     from sde.runs.paths import CONFIG_DIR
     from sde.runs.sampling import split_sampler
 
     file = CONFIG_DIR / "sampler" / f"{name}.yaml"
-    if file.exists():
-        split_sampler(OmegaConf.to_container(OmegaConf.load(file)))
+    assert file.is_file(), f"sampler={name} on the command line needs {file}"
+    split_sampler(OmegaConf.to_container(OmegaConf.load(file)))
 
 
 def _nan_cases(sde, score_fn):

@@ -132,6 +132,6 @@ def test_bad_options_raise():
     with pytest.raises(ValueError, match="prediction"):
         get_score_fn(VPSDE(), MLP(), prediction="w")
     with pytest.raises(ValueError, match="time_input"):
-        get_score_fn(VPSDE(), MLP(), time_input="log_sigma")
+        get_score_fn(VPSDE(), MLP(), time_input="log_snr")
     with pytest.raises(ValueError, match="VESDE has no DDPM chain"):
         get_score_fn(VESDE(), MLP(), time_input="step")(torch.randn(2, 2), torch.rand(2))

@@ -86,6 +86,16 @@ def test_prior_is_exactly_the_kernel_at_T(sde):
     torch.testing.assert_close(sde.prior_logp(z), expected)
 
 
+@pytest.mark.parametrize("sde", [CosineVPSDE(), VPSDE(zero_terminal_snr=True)],
+                         ids=["cosine", "zsnr"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_alpha_is_zero_and_beta_infinite_at_T_in_every_dtype(sde, dtype):
+    """alpha(T) = 0 exactly (not a rounding error below 0) and beta(T) = +inf, never NaN."""
+    t = torch.tensor([sde.T], dtype=dtype)
+    assert sde.marginal_coeffs(t)[0].item() == 0.0
+    assert math.isinf(sde.sde(torch.ones(1, 2, dtype=dtype), t)[1].item())
+
+
 def test_log_snr_inverse_is_exact():
     for sde in (CosineVPSDE(), VPSDE(zero_terminal_snr=True), CosineVPSDE(s=0.02, N=10)):
         t = torch.linspace(1e-4, 0.999, 50, dtype=torch.float64)

@@ -100,15 +100,36 @@ def test_exact_edm_F_gives_the_exact_score(sde):
     torch.testing.assert_close(score, MIX.score(x_t, t, sde), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("time_input", ["t", "log_sigma"])
 @pytest.mark.parametrize("prediction", ["v", "edm", "eps", "x0"])
-def test_zero_terminal_snr_score_is_finite_and_exact_at_T(prediction):
+def test_zero_terminal_snr_score_is_finite_and_exact_at_T(prediction, time_input):
     """At alpha = 0, p_T = N(0, I): every parametrisation gives -x, whatever the network says."""
     sde, x = CosineVPSDE(), torch.randn(4, 2)
-    net = MLP(dim=2, hidden=16, num_layers=1, emb_dim=8)
-    score = get_score_fn(sde, net, prediction=prediction)(x, torch.ones(4))
+    net = MLP(dim=2, hidden=16, num_layers=1, emb_dim=8, embedding_type="fourier", fourier_scale=4)
+    score = get_score_fn(sde, net, prediction=prediction, time_input=time_input)(x, torch.ones(4))
     if prediction in ("v", "edm"):
         torch.testing.assert_close(score, -x)
     assert torch.isfinite(score).all()
+
+
+def test_log_sigma_time_input_is_edm_c_noise():
+    """time_input="log_sigma": the network sees ln(sigma) / 4 with sigma = std / alpha (VE: sigma_min
+    (sigma_max / sigma_min)^t; cosine: ln((1 - alpha^2) / alpha^2) / 8 with Nichol & Dhariwal's
+    alpha^2), whatever the prediction."""
+    seen = []
+
+    def net(x, cond):
+        seen.append(cond)
+        return torch.zeros_like(x)
+    t = torch.tensor([1e-3, 0.3, 0.9], dtype=torch.float64)
+    get_score_fn(VESDE(0.01, 6.0), net, prediction="eps", time_input="log_sigma")(
+        torch.zeros(3, 2, dtype=torch.float64), t)
+    torch.testing.assert_close(seen[-1], torch.log(0.01 * 600.0**t) / 4, rtol=1e-12, atol=0)
+    get_score_fn(CosineVPSDE(), net, prediction="v", time_input="log_sigma")(
+        torch.zeros(3, 2, dtype=torch.float64), t)
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    a2 = torch.tensor([f(u) / f(0.0) for u in t.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(seen[-1], torch.log((1 - a2) / a2) / 8, rtol=1e-10, atol=0)
 
 
 def test_edm_coefficients_are_karras_table_1():

@@ -64,7 +64,9 @@ def fit_report(run_dir, n_samples: int = 4000, n_nll: int = 512, seed: int = 0,
             "nll_gap": gap.mean().item(), "nll_gap_se": (gap.std() / math.sqrt(len(gap))).item()}
 
 
-EXPERIMENTS = {"edm_toy": ["experiment=edm_toy"]}
+EXPERIMENTS = {"vp_toy": ["experiment=vp_toy"], "ve_toy": ["experiment=ve_toy"],
+               "edm_toy": ["experiment=edm_toy"],
+               "vp_toy_cosine_v": ["experiment=vp_toy", "sde=cosine", "score.prediction=v"]}
 
 
 @pytest.mark.slow

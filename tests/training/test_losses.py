@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sde import VESDE, VPSDE, SubVPSDE
+from sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 from sde.losses import ddpm_loss, dsm_loss, gaussian_dsm_constant, importance_times, smld_loss
 from sde.models import get_score_fn
 
@@ -47,12 +47,15 @@ def test_dsm_loss_of_exact_score_at_fixed_t(sde):
         assert_mc(losses, gaussian_dsm_constant(sde, S0, t[:1]).item())
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+ZERO_SNR = [CosineVPSDE(), VPSDE(zero_terminal_snr=True)]  # t ranges up to sde.sampling_T < T
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), *ZERO_SNR], ids=["vp", "ve", "cosine", "zsnr"])
 def test_dsm_loss_of_exact_score_over_t_is_the_known_constant(sde):
-    eps = 1e-5
+    eps, end = 1e-5, sde.sampling_T
     x = gaussian_data(200_000)
     losses = dsm_loss(sde, exact_score(sde), x, generator=torch.Generator().manual_seed(2), eps=eps)
-    expected = quad(lambda t: gaussian_dsm_constant(sde, S0, t), eps, 1.0) / (1 - eps)
+    expected = quad(lambda t: gaussian_dsm_constant(sde, S0, t), eps, end) / (end - eps)
     assert_mc(losses, expected)
     # and a wrong score is measurably worse
     wrong = dsm_loss(sde, lambda x, t: 1.5 * exact_score(sde)(x, t), x,
@@ -68,16 +71,25 @@ def _likelihood_integrand(sde):
     return f
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()], ids=["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(), *ZERO_SNR],
+                         ids=["vp", "subvp", "ve", "cosine", "zsnr"])
 def test_likelihood_weighting_with_and_without_importance_sampling(sde):
+    """Against the integral over [eps, sampling_T]; for the zero-terminal-SNR SDEs also against
+    its closed form in lambda = log-SNR: g^2 / std^2 = -d lambda / dt and the per-dimension loss
+    of the exact score is S0^2 e^lambda / (1 + S0^2 e^lambda), so the integral is
+    log(1 + S0^2 e^lambda) between lambda(sampling_T) and lambda(eps)."""
     x = gaussian_data(200_000)
-    eps = 1e-5
-    expected = quad(_likelihood_integrand(sde), eps, 1.0) / (1 - eps)
+    eps, end = 1e-5, sde.sampling_T
+    expected = quad(_likelihood_integrand(sde), eps, end) / (end - eps)
+    if sde in ZERO_SNR:
+        lam = sde.log_snr(torch.tensor([eps, end], dtype=torch.float64))
+        closed = torch.log1p(S0**2 * lam.exp())
+        assert expected == pytest.approx((closed[0] - closed[1]).item() / (end - eps), rel=1e-6)
     is_losses = dsm_loss(sde, exact_score(sde), x, generator=torch.Generator().manual_seed(3),
                          eps=eps, likelihood_weighting=True, importance_sampling=True)
     assert_mc(is_losses, expected)
     eps = 0.05  # the uniform-t estimator has a 1/t tail: keep its variance finite here
-    expected = quad(_likelihood_integrand(sde), eps, 1.0) / (1 - eps)
+    expected = quad(_likelihood_integrand(sde), eps, end) / (end - eps)
     uniform = dsm_loss(sde, exact_score(sde), x, generator=torch.Generator().manual_seed(4),
                        eps=eps, likelihood_weighting=True)
     assert_mc(uniform, expected)

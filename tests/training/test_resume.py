@@ -67,7 +67,7 @@ def test_sigterm_then_rerun_reproduces_the_uninterrupted_run(tmp_path, monkeypat
 def test_nan_loss_names_the_step(tmp_path, monkeypatch):
     wrap_loss(monkeypatch, lambda n, out: out * float("nan") if n == 2 else out)
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 2"):
-        run(compose_train(["experiment=vp_toy", *FAST, *TINY["mlp"], "data.n=64",
+        run(compose_train(["experiment=vp_toy", "loss=dsm", *FAST, *TINY["mlp"], "data.n=64",
                            "trainer.steps=4", "trainer.log_every=4"]), tmp_path)
     assert latest_checkpoint(tmp_path) is None  # nothing non-finite was saved
 

@@ -20,7 +20,8 @@ from sde.training.loop import NonFiniteLossError, _check_finite
 from .conftest import FAST, TINY, compose_train
 
 ROOT = Path(__file__).resolve().parents[2]
-TOY = ["experiment=vp_toy", *FAST, *TINY["mlp"], "data.n=64", "trainer.steps=2"]
+# loss=dsm: some tests patch sde.losses.dsm_loss (vp_toy's own loss is edm_sharp)
+TOY = ["experiment=vp_toy", "loss=dsm", *FAST, *TINY["mlp"], "data.n=64", "trainer.steps=2"]
 
 
 def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
