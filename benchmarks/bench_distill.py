@@ -7,8 +7,10 @@ under VPSDE(); every method first warm-starts an MLP by regression on the exact 
 (x 1e3), averaged over `--chunks` chunks of `--n` samples.
 
 Digits: the teacher is a trained `vp_digits` run (`--digits-teacher RUN`; without it one is
-trained once into runs/bench/distill_vp_digits by `python -m sde.train experiment=vp_digits`);
-the students start from its weights. Cells: the digits classifier's feature distance
+trained once into runs/bench/distill_vp_digits by `python -m sde.train experiment=vp_digits`,
+or into runs/bench/distill_vp_digits_v with `score.prediction=v` under `--digits-prediction v`);
+the students start from its weights (an eps teacher's progressive student uses the "landing"
+weighting, see `sde.distill.progressive`). Cells: the digits classifier's feature distance
 (`sde.metrics.digits.feature_distance`, a Frechet distance) of `--digits-n` samples to the 1500
 real training digits the teacher learned.
 
@@ -20,6 +22,7 @@ samples (toy) or the 297 held-out real digits score. Also the CPU time of each d
 teacher's best sampler at 12 NFE.
 
     python benchmarks/bench_distill.py [--quick] [--only toy|digits] [--digits-teacher RUN]
+                                       [--digits-prediction eps|v]
                                        [--json runs/bench/distill.json]
 """
 
@@ -42,7 +45,8 @@ from sde.sampling.registry import get_sampler
 
 NFES = (1, 2, 4, 8, 12)
 SPEC = "oracle:ring:k=8,radius=2.0,std=0.2"
-DIGITS_TEACHER = Path("runs/bench/distill_vp_digits")
+DIGITS_TEACHERS = {"eps": Path("runs/bench/distill_vp_digits"),
+                   "v": Path("runs/bench/distill_vp_digits_v")}
 TEACHER_SAMPLERS = {"teacher DDIM": "ddim", "teacher DPM-Solver++(2M)": "dpm_solver_pp"}
 PROGRESSIVE, CONSISTENCY, ADD = ("progressive (its round's student)", "consistency",
                                  "ADD (trained for 4 steps)")
@@ -124,25 +128,26 @@ def toy_table(args):
 
 
 # --- digits: a trained vp_digits teacher ------------------------------------------------------
-def digits_teacher(path) -> Path:
-    """`path`, or the default teacher run, trained once (python -m sde.train) if it has no
-    checkpoint yet."""
+def digits_teacher(path, prediction: str = "eps") -> Path:
+    """`path`, or the default teacher run predicting `prediction`, trained once (python -m
+    sde.train) if it has no checkpoint yet."""
     if path is not None:
         return Path(path)
-    if not (DIGITS_TEACHER / "checkpoints").is_dir():
-        print(f"training the digits teacher into {DIGITS_TEACHER} (experiment=vp_digits)",
-              flush=True)
+    run_dir = DIGITS_TEACHERS[prediction]
+    if not (run_dir / "checkpoints").is_dir():
+        print(f"training the digits teacher into {run_dir} (experiment=vp_digits "
+              f"score.prediction={prediction})", flush=True)
         subprocess.run([sys.executable, "-m", "sde.train", "experiment=vp_digits",
-                        "logger=none", "trainer.progress=false",
-                        f"hydra.run.dir={DIGITS_TEACHER}"], check=True)
-    return DIGITS_TEACHER
+                        f"score.prediction={prediction}", "logger=none",
+                        "trainer.progress=false", f"hydra.run.dir={run_dir}"], check=True)
+    return run_dir
 
 
 def digits_table(args):
     from sde.metrics import digits
     from sde.run import load_run
 
-    path = digits_teacher(args.digits_teacher)
+    path = digits_teacher(args.digits_teacher, args.digits_prediction)
     run = load_run(path, device="cpu")
     teacher = load_teacher(str(path), device="cpu")
     real, _ = digits.real_digits(train=True)  # (1500, 1, 8, 8) in [-1, 1]
@@ -163,7 +168,8 @@ def digits_table(args):
         steps=args.digits_steps,
         prog={"teacher_steps": args.digits_teacher_steps,
               "steps_per_round": args.digits_round_steps})
-    title = (f"8x8 digits, teacher {path} (step {run.step}); digits classifier feature distance "
+    title = (f"8x8 digits, teacher {path} (step {run.step}, predicts "
+             f"{run.config['score']['prediction']}); digits classifier feature distance "
              f"to the 1500 training digits (n={args.digits_n})")
     return title, {**rows, **students}, times
 
@@ -204,10 +210,12 @@ def parse_args():
     toy.add_argument("--steps", type=int, default=1200, help="consistency / ADD steps")
     dig = p.add_argument_group("digits")
     dig.add_argument("--digits-teacher", default=None, help="a trained vp_digits run directory")
+    dig.add_argument("--digits-prediction", choices=tuple(DIGITS_TEACHERS), default="eps",
+                     help="what the teacher trained without --digits-teacher predicts")
     dig.add_argument("--digits-n", type=int, default=1000)
     dig.add_argument("--digits-batch", type=int, default=64)
     dig.add_argument("--digits-lr", type=float, default=2e-4)
-    dig.add_argument("--digits-teacher-steps", type=int, default=32)
+    dig.add_argument("--digits-teacher-steps", type=int, default=128)
     dig.add_argument("--digits-round-steps", type=int, default=300)
     dig.add_argument("--digits-steps", type=int, default=1000, help="consistency / ADD steps")
     args = p.parse_args()
