@@ -70,7 +70,9 @@ def distill(method, data, *, run_dir, config: dict, settings: DistillSettings,
             steps: int | None = None, info: DistInfo | None = None, logger=None) -> dict:
     """Run `method` (a `sde.distill.base.Distiller`) to `steps` (default its `total_steps`) on
     `data` batches; resume from `run_dir`'s newest checkpoint. Returns the last logged row."""
-    info, s, run_dir = info or DistInfo(), settings, Path(run_dir)
+    if info is None:  # one process, on the device the student is on
+        info = DistInfo(device=next(method.student.parameters()).device)
+    s, run_dir = settings, Path(run_dir)
     logger, steps = logger or NullLogger(), int(steps or method.total_steps)
     bs = per_rank_batch(s.batch_size, info.world)
     if info.is_main:

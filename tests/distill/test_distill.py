@@ -3,6 +3,7 @@ condition, ADD's frozen features, exact resume, SIGTERM, and every method end to
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -461,3 +462,18 @@ def test_goal_four_step_progressive_student_beats_the_teacher_at_12_nfe(tmp_path
     best12 = min(ed(lambda n, g, fn=fn: fn(teacher.sde, score_fn, (n, 2), steps=12,
                                           generator=g)[0]) for fn in samplers)
     assert student <= best12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method_name", sorted(OPTIONS))
+def test_python_api_distils_a_cuda_teacher_without_a_device_argument(tmp_path, toy_run,
+                                                                     method_name):
+    """`distill(...)` without `info` trains on the device the student is on (a teacher loaded
+    with device="cuda"), not on the CPU default: it used to feed CPU batches to a CUDA net."""
+    teacher = load_teacher(str(toy_run), device="cuda")
+    method, config = make_distiller(method_name, teacher, init_steps=0, **OPTIONS[method_name])
+    row = distill(method, teacher.data, run_dir=tmp_path, config=config,
+                  settings=DistillSettings(batch_size=8, log_every=1), steps=2)
+    assert row["step"] == 2 and math.isfinite(row["loss"])
+    assert all(p.device.type == "cuda" for p in method.student.parameters())
